@@ -1,0 +1,35 @@
+# The two commands: `make demo` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint bench servers clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/python examples/data_agent.py
+
+lint: setup
+	$(BIN)/ruff check otel_events tests examples benchmarks
+	$(BIN)/mypy --strict otel_events
+
+# Installs (apt-get, go build through the module proxy) and checks the real servers the
+# end-to-end tests start: Jaeger, Prometheus, Alertmanager, Chromium.
+servers:
+	bash scripts/install-servers.sh
+
+test: setup lint servers
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/bench_emitter.py
+
+clean:
+	rm -rf $(VENV) .cache out

@@ -1,0 +1,211 @@
+"""``configure()``: tracer and meter providers that export over OTLP, from the standard
+environment variables, for applications that have none of their own.
+
+Applications that already set up OpenTelemetry do not call this: the emitter uses the
+global providers they installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
+
+from otel_events.emitter import abandon_open_work
+
+__all__ = ["CountingSpanExporter", "Telemetry", "configure"]
+
+_log = logging.getLogger(__name__)
+
+
+class CountingSpanExporter(SpanExporter):
+    """Wraps an exporter and counts what it delivered and what it dropped."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+        self.exported = 0
+        self.dropped = 0
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception:  # noqa: BLE001 - an exporter must never take the worker down
+            _log.exception("span export raised")
+            result = SpanExportResult.FAILURE
+        with self._lock:
+            if result is SpanExportResult.SUCCESS:
+                self.exported += len(spans)
+            else:
+                self.dropped += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+@dataclass
+class Telemetry:
+    """The providers ``configure`` made; ``shutdown()`` ends open work and flushes."""
+
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+    span_exporters: list[CountingSpanExporter] = field(default_factory=list)
+
+    @property
+    def spans_dropped(self) -> int:
+        """Spans that could not be exported (backend down, rejected)."""
+        return sum(exporter.dropped for exporter in self.span_exporters)
+
+    @property
+    def spans_exported(self) -> int:
+        return sum(exporter.exported for exporter in self.span_exporters)
+
+    def force_flush(self, timeout_millis: int = 10_000) -> bool:
+        traces = self.tracer_provider.force_flush(timeout_millis)
+        return self.meter_provider.force_flush(timeout_millis) and traces
+
+    def shutdown(self) -> None:
+        abandon_open_work()
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+def _env_list(name: str, default: str) -> list[str]:
+    raw = os.environ.get(name) or default
+    return [part.strip().lower() for part in raw.split(",") if part.strip()]
+
+
+def _signal_endpoint(endpoint: str, protocol: str, path: str) -> str:
+    # OTLP/HTTP wants the full URL of each signal; gRPC wants the base address.
+    if protocol == "grpc":
+        return endpoint
+    return endpoint.rstrip("/") + path
+
+
+def _span_exporter(kind: str, endpoint: str | None, protocol: str,
+                   headers: dict[str, str] | None) -> SpanExporter | None:
+    if kind == "none":
+        return None
+    if kind == "console":
+        return ConsoleSpanExporter()
+    if kind != "otlp":
+        raise ValueError(f"unknown traces exporter {kind!r} (otlp, console or none)")
+    url = _signal_endpoint(endpoint, protocol, "/v1/traces") if endpoint else None
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(endpoint=url, headers=headers)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HTTPSpanExporter,
+    )
+
+    return HTTPSpanExporter(endpoint=url, headers=headers)
+
+
+def _metric_exporter(kind: str, endpoint: str | None, protocol: str,
+                     headers: dict[str, str] | None) -> MetricExporter | None:
+    if kind == "none":
+        return None
+    if kind == "console":
+        return ConsoleMetricExporter()
+    if kind != "otlp":
+        raise ValueError(f"unknown metrics exporter {kind!r} (otlp, console or none)")
+    url = _signal_endpoint(endpoint, protocol, "/v1/metrics") if endpoint else None
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        return OTLPMetricExporter(endpoint=url, headers=headers)
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HTTPMetricExporter,
+    )
+
+    return HTTPMetricExporter(endpoint=url, headers=headers)
+
+
+def configure(
+    service_name: str | None = None,
+    *,
+    endpoint: str | None = None,
+    protocol: str | None = None,
+    headers: dict[str, str] | None = None,
+    traces_exporter: str | None = None,
+    metrics_exporter: str | None = None,
+    traces_file: str | Path | None = None,
+    metric_export_interval_ms: int | None = None,
+    set_global: bool = True,
+) -> Telemetry:
+    """Set up tracer and meter providers that export over OTLP (gRPC or HTTP).
+
+    Every argument left out comes from the standard variables: ``OTEL_SERVICE_NAME``,
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``grpc`` or
+    ``http/protobuf``), ``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_TRACES_EXPORTER`` and
+    ``OTEL_METRICS_EXPORTER`` (``otlp``, ``console`` or ``none``, comma-separated).
+    ``traces_file`` also writes spans as OTLP JSON lines to that file (loadable in
+    Jaeger's UI). ``set_global`` installs the providers globally unless the application
+    already installed its own, which are never replaced.
+    """
+    resource = Resource.create({SERVICE_NAME: service_name} if service_name else {})
+    protocol = (protocol or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc").lower()
+    if protocol not in ("grpc", "http/protobuf"):
+        raise ValueError(f"unsupported OTLP protocol {protocol!r} (grpc or http/protobuf)")
+
+    tracer_provider = TracerProvider(resource=resource)
+    counted: list[CountingSpanExporter] = []
+    kinds = [traces_exporter.lower()] if traces_exporter else _env_list(
+        "OTEL_TRACES_EXPORTER", "otlp")
+    for kind in kinds:
+        exporter = _span_exporter(kind, endpoint, protocol, headers)
+        if exporter is not None:
+            counted.append(CountingSpanExporter(exporter))
+    if traces_file is not None:
+        from opentelemetry.exporter.otlp.json.file import FileSpanExporter
+
+        Path(traces_file).parent.mkdir(parents=True, exist_ok=True)
+        counted.append(CountingSpanExporter(FileSpanExporter(str(traces_file))))
+    for exporter in counted:
+        tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+
+    readers: list[MetricReader] = []
+    kinds = [metrics_exporter.lower()] if metrics_exporter else _env_list(
+        "OTEL_METRICS_EXPORTER", "otlp")
+    for kind in kinds:
+        metric_exporter = _metric_exporter(kind, endpoint, protocol, headers)
+        if metric_exporter is not None:
+            readers.append(PeriodicExportingMetricReader(
+                metric_exporter, export_interval_millis=metric_export_interval_ms))
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+
+    if set_global:
+        if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            trace.set_tracer_provider(tracer_provider)
+        else:
+            _log.warning("a global tracer provider is already set; leaving it in place")
+        if type(metrics.get_meter_provider()).__name__ == "_ProxyMeterProvider":
+            metrics.set_meter_provider(meter_provider)
+        else:
+            _log.warning("a global meter provider is already set; leaving it in place")
+    return Telemetry(tracer_provider, meter_provider, counted)

@@ -1,0 +1,392 @@
+"""The wire protocol: one JSON object per line, discriminated by ``type``.
+
+Every event ``codex exec --json`` writes parses here with Codex's own field names.
+otel-events adds a superset on the events it emits (``thread_id``, ``turn_id``, ``seq``,
+``timestamp``, ``trace_id``, ``span_id``; ``description``, ``status``, ``output`` and
+timings on items) and a few event types of its own (``progress.update``,
+``token.count``, ``stream.overflow``).
+
+Nothing unknown is lost: unknown fields, item types and event types are kept, so
+``parse_event(line)`` then ``encode_event(event)`` gives back the same JSON object.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    WithJsonSchema,
+)
+
+__all__ = [
+    "TERMINAL_EVENT_TYPES",
+    "TRANSIENT_EVENT_TYPES",
+    "ErrorEvent",
+    "ErrorInfo",
+    "Event",
+    "EventType",
+    "ItemCompleted",
+    "ItemStarted",
+    "ItemStatus",
+    "ItemType",
+    "ItemUpdated",
+    "ProgressUpdate",
+    "StreamOverflow",
+    "ThreadItem",
+    "ThreadStarted",
+    "TokenCount",
+    "TurnCompleted",
+    "TurnFailed",
+    "TurnStarted",
+    "UnknownEvent",
+    "Usage",
+    "encode_event",
+    "event_json_schema",
+    "parse_event",
+]
+
+
+class EventType(StrEnum):
+    """Every event type this protocol names."""
+
+    THREAD_STARTED = "thread.started"
+    TURN_STARTED = "turn.started"
+    TURN_COMPLETED = "turn.completed"
+    TURN_FAILED = "turn.failed"
+    ITEM_STARTED = "item.started"
+    ITEM_UPDATED = "item.updated"
+    ITEM_COMPLETED = "item.completed"
+    ITEM_PLAN_DELTA = "item.plan.delta"
+    REQUEST_USER_INPUT = "request_user_input"
+    ERROR = "error"
+    PROGRESS_UPDATE = "progress.update"
+    TOKEN_COUNT = "token.count"
+    STREAM_OVERFLOW = "stream.overflow"
+
+
+#: Events a slow reader may lose (the next lifecycle event supersedes them).
+TRANSIENT_EVENT_TYPES = frozenset(
+    {EventType.ITEM_UPDATED, EventType.PROGRESS_UPDATE, EventType.TOKEN_COUNT,
+     EventType.ITEM_PLAN_DELTA}
+)
+#: Events that close something; never dropped silently.
+TERMINAL_EVENT_TYPES = frozenset(
+    {EventType.ITEM_COMPLETED, EventType.TURN_COMPLETED, EventType.TURN_FAILED}
+)
+
+
+class ItemType(StrEnum):
+    """Item types with a meaning of their own; any other string is allowed too."""
+
+    AGENT_MESSAGE = "agent_message"
+    REASONING = "reasoning"
+    PLAN = "plan"
+    COMMAND_EXECUTION = "command_execution"
+    FILE_CHANGE = "file_change"
+    MCP_TOOL_CALL = "mcp_tool_call"
+    COLLAB_TOOL_CALL = "collab_tool_call"
+    WEB_SEARCH = "web_search"
+    TODO_LIST = "todo_list"
+    ERROR = "error"
+    SQL_EXECUTION = "sql_execution"
+    DOC_RETRIEVAL = "doc_retrieval"
+    CHART_GENERATION = "chart_generation"
+    GUARDRAIL_CHECK = "guardrail_check"
+
+
+class ItemStatus(StrEnum):
+    """Where an item is in its life; ``item.completed`` carries one of the last three."""
+
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DECLINED = "declined"
+
+
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def _check_timestamp(value: str) -> str:
+    # Kept as the string it arrived as, so a round trip is byte-exact; only checked.
+    if not _RFC3339.match(value):
+        raise ValueError("timestamp must be RFC 3339 with a timezone offset")
+    datetime.fromisoformat(value.replace("z", "Z"))
+    return value
+
+
+Timestamp = Annotated[
+    str,
+    AfterValidator(_check_timestamp),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+TraceId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+SpanId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+
+
+class _Open(BaseModel):
+    """Base of every model: unknown fields are kept and written back."""
+
+    model_config = ConfigDict(extra="allow", use_enum_values=True)
+
+
+class Usage(_Open):
+    """Token usage, in Codex's field names."""
+
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Codex always writes all three counts; so do we, even when built with fewer.
+        self.__pydantic_fields_set__.update(("input_tokens", "cached_input_tokens",
+                                             "output_tokens"))
+
+
+class ErrorInfo(_Open):
+    """An error: Codex's ``{message}``, plus a low-cardinality ``type`` of ours."""
+
+    message: str
+    type: str | None = None
+
+
+# ---------------------------------------------------------------------------
+# Items
+# ---------------------------------------------------------------------------
+
+
+class ThreadItem(_Open):
+    """One step of a turn. Fields of Codex's item types are optional members here."""
+
+    id: str
+    #: An ``ItemType`` value or any other string.
+    type: str
+    #: ``in_progress``, ``completed``, ``failed`` or ``declined`` (any string accepted).
+    status: ItemStatus | str | None = None
+    # -- otel-events superset --
+    #: A brief human-readable line: what this step is doing.
+    description: str | None = None
+    #: Tool, data source or guardrail name; the span name uses it.
+    name: str | None = None
+    #: The enclosing item's id when items nest.
+    parent_id: str | None = None
+    output: Any = None
+    error: ErrorInfo | None = None
+    started_at: Timestamp | None = None
+    completed_at: Timestamp | None = None
+    duration_ms: float | None = None
+    # -- Codex's type-specific fields --
+    #: agent_message, reasoning, plan.
+    text: str | None = None
+    #: command_execution.
+    command: str | None = None
+    aggregated_output: str | None = None
+    exit_code: int | None = None
+    #: file_change: ``[{path, kind}]``.
+    changes: list[dict[str, Any]] | None = None
+    #: mcp_tool_call.
+    server: str | None = None
+    tool: str | None = None
+    arguments: Any = None
+    result: Any = None
+    #: web_search.
+    query: str | None = None
+    #: todo_list: ``[{text, completed}]``.
+    items: list[dict[str, Any]] | None = None
+    #: error items.
+    message: str | None = None
+
+
+# ---------------------------------------------------------------------------
+# Events
+# ---------------------------------------------------------------------------
+
+
+class _Event(_Open):
+    type: str
+    #: The thread (conversation) this event belongs to.
+    thread_id: str | None = None
+    #: The turn this event belongs to.
+    turn_id: str | None = None
+    #: Per-thread sequence number, strictly increasing from 1: the resume cursor.
+    seq: int | None = None
+    #: When the event happened (RFC 3339, with offset).
+    timestamp: Timestamp | None = None
+    #: W3C trace id (32 hex) of the span this event belongs to.
+    trace_id: TraceId | None = None
+    #: W3C span id (16 hex) of the span this event belongs to.
+    span_id: SpanId | None = None
+
+    def model_post_init(self, context: Any, /) -> None:
+        # ``type`` has a default on each variant; it must still be written.
+        self.__pydantic_fields_set__.add("type")
+
+
+class ThreadStarted(_Event):
+    """The first event of a thread."""
+
+    type: Literal["thread.started"] = "thread.started"
+    thread_id: str | None = None
+
+
+class TurnStarted(_Event):
+    """A turn begins: the agent starts working on one prompt."""
+
+    type: Literal["turn.started"] = "turn.started"
+
+
+class TurnCompleted(_Event):
+    """A turn ended well, with its token usage."""
+
+    type: Literal["turn.completed"] = "turn.completed"
+    usage: Usage = Field(default_factory=Usage)
+    duration_ms: float | None = None
+
+
+class TurnFailed(_Event):
+    """A turn ended with an error."""
+
+    type: Literal["turn.failed"] = "turn.failed"
+    error: ErrorInfo
+    usage: Usage | None = None
+    duration_ms: float | None = None
+
+
+class ItemStarted(_Event):
+    """An item begins; its status is ``in_progress``."""
+
+    type: Literal["item.started"] = "item.started"
+    item: ThreadItem
+
+
+class ItemUpdated(_Event):
+    """An item in progress changed (partial output, new fields)."""
+
+    type: Literal["item.updated"] = "item.updated"
+    item: ThreadItem
+
+
+class ItemCompleted(_Event):
+    """An item ended: ``completed``, ``failed`` or ``declined``."""
+
+    type: Literal["item.completed"] = "item.completed"
+    item: ThreadItem
+
+
+class ItemPlanDelta(_Event):
+    """Codex: a piece of plan text streamed for an item."""
+
+    type: Literal["item.plan.delta"] = "item.plan.delta"
+    item_id: str | None = None
+    delta: str | None = None
+
+
+class RequestUserInput(_Event):
+    """Codex: the agent asks the user something; fields kept as they come."""
+
+    type: Literal["request_user_input"] = "request_user_input"
+
+
+class ErrorEvent(_Event):
+    """A stream-level error that does not end the turn by itself."""
+
+    type: Literal["error"] = "error"
+    message: str
+
+
+class ProgressUpdate(_Event):
+    """How far an item has got: a fraction in [0, 1] and/or a message."""
+
+    type: Literal["progress.update"] = "progress.update"
+    item_id: str
+    fraction: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    message: str | None = None
+
+
+class TokenCount(_Event):
+    """Running token usage of the current turn."""
+
+    type: Literal["token.count"] = "token.count"
+    usage: Usage
+
+
+class StreamOverflow(_Event):
+    """Sent to a reader that fell too far behind, as its last event: it was cut off."""
+
+    type: Literal["stream.overflow"] = "stream.overflow"
+    #: The last seq this reader was given; resume from there (for example via the bridge).
+    last_seq: int | None = None
+    #: How many events it missed, at least.
+    missed: int = 0
+    message: str = "subscriber fell behind the event buffer and was cut off"
+
+
+class UnknownEvent(_Event):
+    """An event type this version does not know: kept whole."""
+
+    type: str
+
+
+_KNOWN: dict[str, type[_Event]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (ThreadStarted, TurnStarted, TurnCompleted, TurnFailed, ItemStarted,
+                ItemUpdated, ItemCompleted, ItemPlanDelta, RequestUserInput, ErrorEvent,
+                ProgressUpdate, TokenCount, StreamOverflow)
+}
+
+
+def _event_tag(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in _KNOWN else "unknown"
+
+
+Event = Annotated[
+    Annotated[ThreadStarted, Tag("thread.started")]
+    | Annotated[TurnStarted, Tag("turn.started")]
+    | Annotated[TurnCompleted, Tag("turn.completed")]
+    | Annotated[TurnFailed, Tag("turn.failed")]
+    | Annotated[ItemStarted, Tag("item.started")]
+    | Annotated[ItemUpdated, Tag("item.updated")]
+    | Annotated[ItemCompleted, Tag("item.completed")]
+    | Annotated[ItemPlanDelta, Tag("item.plan.delta")]
+    | Annotated[RequestUserInput, Tag("request_user_input")]
+    | Annotated[ErrorEvent, Tag("error")]
+    | Annotated[ProgressUpdate, Tag("progress.update")]
+    | Annotated[TokenCount, Tag("token.count")]
+    | Annotated[StreamOverflow, Tag("stream.overflow")]
+    | Annotated[UnknownEvent, Tag("unknown")],
+    Discriminator(_event_tag),
+]
+"""Any event of the protocol."""
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(data: str | bytes | dict[str, Any]) -> Event:
+    """Validate one event (a JSON line or a decoded object); raises ``ValidationError``."""
+    if isinstance(data, dict):
+        return EVENT_ADAPTER.validate_python(data)
+    return EVENT_ADAPTER.validate_json(data)
+
+
+def encode_event(event: Event) -> bytes:
+    """The event as one compact JSON line (without the newline), as it was given."""
+    return event.model_dump_json(exclude_unset=True).encode()
+
+
+def event_json_schema() -> dict[str, Any]:
+    """JSON Schema of one line of the protocol."""
+    schema = EVENT_ADAPTER.json_schema()
+    schema["title"] = "otel-events protocol event"
+    return schema

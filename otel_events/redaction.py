@@ -1,0 +1,82 @@
+"""One pass over every piece of content, before it goes anywhere.
+
+The emitter runs outputs, update fields and error messages through ``Content.encode``
+once; the JSON text it returns is what the event stream, every subscriber, every sink
+and the span attributes all carry. So a redaction applies identically everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+__all__ = ["Content", "Redactor", "scrub_secrets"]
+
+#: A user hook: takes a JSON-able value, returns the value to record.
+Redactor = Callable[[Any], Any]
+
+_MASK = "[REDACTED]"
+# Patterns stay inside a JSON string: none consumes a quote or a backslash.
+_SECRET = re.compile(
+    r"""
+      (?P<bearer>(?i:bearer|basic)\s+)[A-Za-z0-9\-._~+/]{8,}=*
+    | (?P<kv>(?<![A-Za-z0-9])(?i:api[_-]?key|apikey|secret|client[_-]?secret|password|passwd|
+          access[_-]?token|auth[_-]?token|refresh[_-]?token|token)\\?"?\s*[:=]\s*\\?"?)
+          [^"\\\s&,;}]{3,}
+    | (?P<url>://[^/\s:@"\\]+:)[^@\s/"\\]+@
+    | sk-[A-Za-z0-9_\-]{16,}
+    | AKIA[0-9A-Z]{16}
+    | gh[pousr]_[A-Za-z0-9]{20,}
+    | xox[abprs]-[A-Za-z0-9\-]{10,}
+    """,
+    re.VERBOSE,
+)
+
+
+def _mask(match: re.Match[str]) -> str:
+    if match["url"]:
+        return f"{match['url']}{_MASK}@"
+    return f"{match['bearer'] or match['kv'] or ''}{_MASK}"
+
+
+def scrub_secrets(text: str) -> str:
+    """Mask obvious secrets: API keys, bearer tokens, passwords in URLs and key=value pairs."""
+    return _SECRET.sub(_mask, text)
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """What content is recorded, and how.
+
+    ``capture``: record outputs and update fields (off: only their length).
+    ``redact``: a hook run on each value before it is encoded.
+    ``scrub``: mask obvious secrets in the encoded text.
+    ``max_attribute_chars``: longest output put on a span attribute.
+    """
+
+    capture: bool = True
+    redact: Redactor | None = None
+    scrub: bool = True
+    max_attribute_chars: int = 4096
+
+    def encode(self, value: Any) -> str:
+        """The value as JSON text, redacted and scrubbed: the one form every reader gets."""
+        if self.redact is not None:
+            value = self.redact(value)
+        text = orjson.dumps(value, default=str).decode()
+        return scrub_secrets(text) if self.scrub else text
+
+    def text(self, value: str) -> str:
+        """A plain string (an error message, a description), scrubbed."""
+        return scrub_secrets(value) if self.scrub else value
+
+    def attribute(self, encoded: str) -> str:
+        """An encoded value cut to ``max_attribute_chars`` for a span attribute."""
+        limit = self.max_attribute_chars
+        if len(encoded) <= limit:
+            return encoded
+        return f"{encoded[:limit]}...[truncated {len(encoded) - limit} chars]"

@@ -1,0 +1,118 @@
+"""How turns and items become spans, after the OpenTelemetry GenAI conventions.
+
+The emitter (live) and ``ingest`` (replayed JSONL) both build spans through these
+functions, so the two produce the same trace for the same run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+
+__all__ = [
+    "ABANDONED",
+    "end_span",
+    "item_operation",
+    "start_item_span",
+    "start_turn_span",
+]
+
+#: ``error.type`` of a turn or item that was never closed (cancelled, process exit).
+ABANDONED = "abandoned"
+
+# Item types whose work is a tool call in GenAI terms.
+_TOOL_TYPES = frozenset({
+    "command_execution", "sql_execution", "chart_generation", "mcp_tool_call",
+    "collab_tool_call", "web_search", "file_change",
+})
+
+
+def item_operation(item_type: str) -> tuple[str | None, SpanKind]:
+    """The ``gen_ai.operation.name`` of an item type (None if none fits) and span kind."""
+    if item_type in _TOOL_TYPES:
+        return "execute_tool", SpanKind.INTERNAL
+    if item_type == "doc_retrieval":
+        return "retrieval", SpanKind.CLIENT
+    if item_type == "guardrail_check":
+        return "apply_guardrail", SpanKind.CLIENT
+    return None, SpanKind.INTERNAL
+
+
+def start_turn_span(
+    tracer: Tracer,
+    agent_name: str,
+    thread_id: str,
+    turn_id: str,
+    context: Context | None = None,
+    start_time: int | None = None,
+) -> Span:
+    """``invoke_agent {agent}``: the child of the current span if any, else a root."""
+    return tracer.start_span(
+        f"invoke_agent {agent_name}",
+        context=context,
+        kind=SpanKind.INTERNAL,
+        attributes={
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": agent_name,
+            "gen_ai.conversation.id": thread_id,
+            "otel_events.turn.id": turn_id,
+        },
+        start_time=start_time,
+    )
+
+
+def start_item_span(
+    tracer: Tracer,
+    context: Context,
+    item_id: str,
+    item_type: str,
+    description: str | None,
+    name: str | None,
+    parent_id: str | None = None,
+    start_time: int | None = None,
+) -> tuple[Span, str | None]:
+    """The span of one item, with its identifying attributes; returns it and its operation."""
+    operation, kind = item_operation(item_type)
+    target = name or item_type
+    attributes: dict[str, Any] = {
+        "otel_events.item.id": item_id,
+        "otel_events.item.type": item_type,
+    }
+    if description:
+        attributes["otel_events.item.description"] = description
+    if parent_id:
+        attributes["otel_events.item.parent_id"] = parent_id
+    if operation is None:
+        span_name = item_type
+    else:
+        span_name = f"{operation} {target}"
+        attributes["gen_ai.operation.name"] = operation
+        if operation == "execute_tool":
+            attributes["gen_ai.tool.name"] = target
+            attributes["gen_ai.tool.call.id"] = item_id
+        elif operation == "retrieval":
+            attributes["gen_ai.data_source.id"] = target
+        else:
+            attributes["gen_ai.guardrail.component.name"] = target
+    span = tracer.start_span(
+        span_name, context=context, kind=kind, attributes=attributes, start_time=start_time
+    )
+    return span, operation
+
+
+def end_span(
+    span: Span,
+    error_type: str | None = None,
+    message: str | None = None,
+    exception: BaseException | None = None,
+    end_time: int | None = None,
+) -> None:
+    """End a span; with ``error_type`` it ends as an error, recording the exception."""
+    if error_type is not None:
+        span.set_attribute("error.type", error_type)
+        if exception is not None:
+            span.record_exception(exception, timestamp=end_time, escaped=True)
+        span.set_status(Status(StatusCode.ERROR, message or error_type))
+    span.end(end_time=end_time)
