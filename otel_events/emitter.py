@@ -34,7 +34,13 @@ from otel_events.broker import Entry, EventLog, Subscription
 from otel_events.metrics import AgentMetrics
 from otel_events.protocol import Event, ItemStatus, ItemType
 from otel_events.redaction import Content
-from otel_events.tracing import ABANDONED, end_span, start_item_span, start_turn_span
+from otel_events.tracing import (
+    ABANDONED,
+    end_span,
+    set_usage,
+    start_item_span,
+    start_turn_span,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -363,9 +369,7 @@ class Turn(_Scope):
         end_ns = time.time_ns()
         duration_ms = (end_ns - self.started_ns) / 1e6
         span = self.span
-        span.set_attribute("gen_ai.usage.input_tokens", self.input_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", self.output_tokens)
-        span.set_attribute("gen_ai.usage.cache_read.input_tokens", self.cached_input_tokens)
+        set_usage(span, self.input_tokens, self.output_tokens, self.cached_input_tokens)
         body: dict[str, Any]
         if message is None:
             body = {"usage": self._usage(), "duration_ms": round(duration_ms, 3)}

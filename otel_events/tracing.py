@@ -14,6 +14,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 __all__ = [
     "ABANDONED",
     "end_span",
+    "set_usage",
     "item_operation",
     "start_item_span",
     "start_turn_span",
@@ -25,7 +26,7 @@ ABANDONED = "abandoned"
 # Item types whose work is a tool call in GenAI terms.
 _TOOL_TYPES = frozenset({
     "command_execution", "sql_execution", "chart_generation", "mcp_tool_call",
-    "collab_tool_call", "web_search", "file_change",
+    "collab_tool_call", "web_search",
 })
 
 
@@ -116,3 +117,10 @@ def end_span(
             span.record_exception(exception, timestamp=end_time, escaped=True)
         span.set_status(Status(StatusCode.ERROR, message or error_type))
     span.end(end_time=end_time)
+
+
+def set_usage(span: Span, input_tokens: int, output_tokens: int, cached_input_tokens: int) -> None:
+    """Token usage of a turn, in GenAI attribute names."""
+    span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+    span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+    span.set_attribute("gen_ai.usage.cache_read.input_tokens", cached_input_tokens)

@@ -1,0 +1,3 @@
+from otel_events.cli import app
+
+app()

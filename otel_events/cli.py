@@ -1,0 +1,64 @@
+"""The ``otel-events`` command: ``schema``, ``ingest``, ``bridge``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+
+from otel_events import __version__
+
+app = typer.Typer(help="Make an AI agent's work observable: events, traces, metrics, SSE.",
+                  no_args_is_help=True, add_completion=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of one event of the protocol."""
+    from otel_events.protocol import event_json_schema
+
+    sys.stdout.write(orjson.dumps(event_json_schema(), option=orjson.OPT_INDENT_2).decode())
+    sys.stdout.write("\n")
+
+
+@app.command()
+def ingest(
+    file: Annotated[str, typer.Argument(help="A Codex JSONL file, or - for stdin.")] = "-",
+    service_name: Annotated[str | None, typer.Option(help="service.name (else OTEL_SERVICE_NAME).")] = None,
+    agent_name: Annotated[str | None, typer.Option(help="gen_ai.agent.name (else the service name).")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="OTLP endpoint (else OTEL_EXPORTER_OTLP_ENDPOINT).")] = None,
+    protocol: Annotated[str | None, typer.Option(help="grpc or http/protobuf (else OTEL_EXPORTER_OTLP_PROTOCOL).")] = None,
+) -> None:
+    """Replay a `codex exec --json` stream as OpenTelemetry spans and metrics.
+
+    Bad lines are reported on stderr as `line N: ...`; the rest are still ingested, and
+    the exit status is 1 if any line was rejected.
+    """
+    from otel_events.config import configure
+    from otel_events.emitter import _default_agent_name
+    from otel_events.ingest import Ingester
+    from otel_events.metrics import AgentMetrics
+
+    telemetry = configure(service_name, endpoint=endpoint, protocol=protocol, set_global=False)
+    provider = telemetry.tracer_provider
+    ingester = Ingester(
+        provider.get_tracer("otel_events", __version__),
+        AgentMetrics(telemetry.meter_provider.get_meter("otel_events", __version__)),
+        agent_name or _default_agent_name(provider),
+    )
+    if file == "-":
+        result = ingester.feed_lines(sys.stdin)
+    else:
+        with Path(file).open(encoding="utf-8") as lines:
+            result = ingester.feed_lines(lines)
+    telemetry.shutdown()
+    for number, error in result.rejected:
+        typer.echo(f"line {number}: {error}", err=True)
+    typer.echo(f"ingested {result.turns} turns, {result.items} items from {result.lines} lines"
+               f" ({len(result.rejected)} rejected); traces: {' '.join(result.trace_ids)}",
+               err=True)
+    if result.rejected:
+        raise typer.Exit(1)
