@@ -6,10 +6,10 @@ stream, OpenTelemetry spans and metrics, and (through the bridge) Server-Sent Ev
 
 __version__ = "0.1.0"
 
-from otel_events.broker import Entry, EventLog, Subscription  # noqa: E402
-from otel_events.config import Telemetry, configure  # noqa: E402
-from otel_events.emitter import EventEmitter, Item, Turn  # noqa: E402
-from otel_events.protocol import (  # noqa: E402
+from otel_events.broker import Entry, EventLog, Subscription
+from otel_events.config import Telemetry, configure
+from otel_events.emitter import EventEmitter, Item, Turn
+from otel_events.protocol import (
     Event,
     EventType,
     ItemStatus,
@@ -17,8 +17,8 @@ from otel_events.protocol import (  # noqa: E402
     encode_event,
     parse_event,
 )
-from otel_events.redaction import Content, scrub_secrets  # noqa: E402
-from otel_events.sinks import JsonlSink, Sink  # noqa: E402
+from otel_events.redaction import Content, scrub_secrets
+from otel_events.sinks import JsonlSink, Sink
 
 __all__ = [
     "Content",

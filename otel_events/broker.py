@@ -42,14 +42,17 @@ _TRANSIENT = frozenset(str(t) for t in TRANSIENT_EVENT_TYPES)
 class Entry:
     """One published event: its seq, type and JSON encoding, made once for all readers."""
 
-    __slots__ = ("_event", "json", "seq", "time", "transient", "type")
+    __slots__ = ("_event", "frame", "json", "seq", "time", "transient", "type")
 
-    def __init__(self, seq: int, type: str, json: bytes, time: float) -> None:
+    def __init__(self, seq: int, type: str, json: bytes, time: float,
+                 frame: bytes | None = None) -> None:
         self.seq = seq
         self.type = type
         self.json = json
         self.time = time
         self.transient = type in _TRANSIENT
+        #: The event in another wire form (the bridge's SSE frame), also made once.
+        self.frame = frame
         self._event: Event | None = None
 
     @property
@@ -95,10 +98,11 @@ class EventLog:
 
     # -- writing ---------------------------------------------------------------
 
-    def append(self, type: str, json: bytes, now: float | None = None) -> Entry:
-        """Add the event with seq ``next_seq`` (already encoded in ``json``)."""
+    def append(self, type: str, json: bytes, now: float | None = None,
+               frame: bytes | None = None) -> Entry:
+        """Add the event with seq ``next_seq`` (already encoded in ``json``, and ``frame``)."""
         seq = self.next_seq
-        entry = Entry(seq, type, json, time.monotonic() if now is None else now)
+        entry = Entry(seq, type, json, time.monotonic() if now is None else now, frame)
         slot = seq % self.capacity
         old = self._ring[slot]
         if old is not None:

@@ -27,10 +27,16 @@ def schema() -> None:
 @app.command()
 def ingest(
     file: Annotated[str, typer.Argument(help="A Codex JSONL file, or - for stdin.")] = "-",
-    service_name: Annotated[str | None, typer.Option(help="service.name (else OTEL_SERVICE_NAME).")] = None,
-    agent_name: Annotated[str | None, typer.Option(help="gen_ai.agent.name (else the service name).")] = None,
-    endpoint: Annotated[str | None, typer.Option(help="OTLP endpoint (else OTEL_EXPORTER_OTLP_ENDPOINT).")] = None,
-    protocol: Annotated[str | None, typer.Option(help="grpc or http/protobuf (else OTEL_EXPORTER_OTLP_PROTOCOL).")] = None,
+    service_name: Annotated[
+        str | None, typer.Option(help="service.name (else OTEL_SERVICE_NAME).")] = None,
+    agent_name: Annotated[
+        str | None, typer.Option(help="gen_ai.agent.name (else the service name).")] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="OTLP endpoint (else OTEL_EXPORTER_OTLP_ENDPOINT).")] = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option(help="grpc or http/protobuf (else OTEL_EXPORTER_OTLP_PROTOCOL)."),
+    ] = None,
 ) -> None:
     """Replay a `codex exec --json` stream as OpenTelemetry spans and metrics.
 

@@ -125,7 +125,7 @@ class _Scope:
         if self._otel_token is not None:
             try:
                 otel_context.detach(self._otel_token)  # type: ignore[arg-type]
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
             self._otel_token = None
 

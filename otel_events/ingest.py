@@ -25,6 +25,7 @@ from otel_events.protocol import (
     TurnCompleted,
     TurnFailed,
     TurnStarted,
+    Usage,
     parse_event,
 )
 from otel_events.redaction import Content
@@ -144,10 +145,10 @@ class Ingester:
         elif isinstance(event, TurnFailed):
             if self._turn is None:
                 self._start_turn(event.turn_id, now)
-            usage = event.usage
+            failed_usage = event.usage or Usage()
             self._end_turn(now, event.error.type or "turn_failed", event.error.message,
-                           *((usage.input_tokens, usage.output_tokens,
-                              usage.cached_input_tokens) if usage else (0, 0, 0)))
+                           failed_usage.input_tokens, failed_usage.output_tokens,
+                           failed_usage.cached_input_tokens)
 
     def finish(self, now: int) -> None:
         """End of input: a turn still open was abandoned."""

@@ -14,8 +14,8 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 __all__ = [
     "ABANDONED",
     "end_span",
-    "set_usage",
     "item_operation",
+    "set_usage",
     "start_item_span",
     "start_turn_span",
 ]

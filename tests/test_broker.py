@@ -1,0 +1,164 @@
+"""The event log: fan-out, one wake per batch, and the documented overflow policy."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import orjson
+import pytest
+
+from otel_events.broker import EventLog
+from otel_events.protocol import StreamOverflow
+
+
+def put(log: EventLog, kind: str, now: float | None = None) -> None:
+    body: dict[str, object] = {"type": kind, "seq": log.next_seq}
+    if kind.startswith("item."):
+        body["item"] = {"id": "item_1", "type": "reasoning"}
+    elif kind == "progress.update":
+        body["item_id"] = "item_1"
+    log.append(kind, orjson.dumps(body), now)
+
+
+async def test_many_subscribers_each_get_every_event_in_order() -> None:
+    log = EventLog(capacity=64)
+    subs = [log.subscribe() for _ in range(20)]
+
+    async def drain(index: int) -> list[int]:
+        seqs = []
+        async for event in subs[index]:
+            seqs.append(event.seq or 0)
+        return seqs
+
+    readers = [asyncio.create_task(drain(i)) for i in range(len(subs))]
+    for _ in range(10):
+        put(log, "item.started")
+        await asyncio.sleep(0)  # let readers park between batches
+    log.close()
+    results = await asyncio.gather(*readers)
+    assert all(seqs == list(range(1, 11)) for seqs in results)
+
+
+async def test_publisher_wakes_once_per_batch_whatever_the_number_of_readers() -> None:
+    log = EventLog(capacity=64)
+    subs = [log.subscribe() for _ in range(50)]
+    tasks = [asyncio.create_task(sub.get()) for sub in subs]
+    await asyncio.sleep(0)  # every reader is now parked
+    assert len(log._waiters) == 1  # one waiter for the whole loop
+    for _ in range(5):
+        put(log, "item.updated")
+    assert log._waiters == []  # the first append woke the batch; later ones had nothing to do
+    events = await asyncio.gather(*tasks)
+    assert {e.seq for e in events} == {1}
+
+
+async def test_entries_are_encoded_once_and_shared() -> None:
+    log = EventLog(capacity=8)
+    a, b = log.subscribe(), log.subscribe()
+    put(log, "turn.started")
+    ea, eb = await a.next_entry(), await b.next_entry()
+    assert ea is eb and ea is not None
+    assert (await_event := ea.event) is eb.event  # parsed once too
+    assert await_event.type == "turn.started"
+
+
+async def test_lagging_reader_skips_transient_events_but_keeps_lifecycle_ones() -> None:
+    log = EventLog(capacity=16)
+    sub = log.subscribe(soft_lag=4)
+    for kind in ["item.started"] + ["item.updated"] * 8 + ["progress.update", "item.completed"]:
+        put(log, kind)
+    got = []
+    log.close()
+    async for event in sub:
+        got.append(event.type)
+    assert got == ["item.started", "item.completed"]
+    assert sub.dropped == 9
+
+
+async def test_lost_transient_events_do_not_cut_a_reader_off() -> None:
+    log = EventLog(capacity=4)
+    sub = log.subscribe(soft_lag=100)
+    put(log, "turn.started")
+    assert (await sub.get()).type == "turn.started"
+    for _ in range(6):
+        put(log, "progress.update")  # overwrites only transient events the reader missed
+    put(log, "item.completed")
+    log.close()
+    rest = [event.type async for event in sub]
+    assert rest[-1] == "item.completed"
+    assert "stream.overflow" not in rest
+    assert sub.dropped >= 3
+
+
+async def test_reader_that_lost_a_lifecycle_event_is_cut_off_with_a_final_event() -> None:
+    log = EventLog(capacity=4)
+    sub = log.subscribe()
+    put(log, "turn.started")
+    assert (await sub.get()).seq == 1
+    for _ in range(3):
+        put(log, "item.started")
+    for _ in range(3):
+        put(log, "item.completed")  # the ring now lost item.started events the reader needs
+    last = await sub.get()
+    assert isinstance(last, StreamOverflow)
+    assert last.last_seq == 1 and last.missed >= 2
+    with pytest.raises(StopAsyncIteration):
+        await sub.get()
+    # Memory stayed bounded: the log never held more than its capacity.
+    assert len(log) == 4
+
+
+def test_max_age_trims_old_events_and_gap_is_reported() -> None:
+    log = EventLog(capacity=100, max_age=10.0)
+    put(log, "turn.started", now=0.0)
+    put(log, "item.updated", now=1.0)
+    put(log, "item.started", now=20.0)  # both earlier events are now older than 10 s
+    assert log.first_seq == 3
+    entries, cursor, skipped, gap = log.read(1)
+    assert gap is not None and gap.resume_seq == 3 and entries == []
+    entries, _cursor, skipped, gap = log.read(2)
+    assert gap is None and [e.seq for e in entries] == [3] and skipped == 1
+
+
+def test_thread_reader_wakes_on_append() -> None:
+    log = EventLog(capacity=8)
+    seen: list[int] = []
+
+    def reader() -> None:
+        cursor = 1
+        while len(seen) < 3:
+            assert log.wait_blocking(cursor, timeout=10)
+            entries, cursor, _, _ = log.read(cursor)
+            seen.extend(e.seq for e in entries)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for _ in range(3):
+        put(log, "item.started")
+    thread.join(10)
+    assert seen == [1, 2, 3]
+
+
+async def test_append_from_another_thread_wakes_an_async_reader() -> None:
+    log = EventLog(capacity=8)
+    sub = log.subscribe()
+    task = asyncio.create_task(sub.get())
+    await asyncio.sleep(0)
+    threading.Thread(target=put, args=(log, "turn.started")).start()
+    event = await asyncio.wait_for(task, 10)
+    assert event.seq == 1
+
+
+async def test_closed_subscription_ends_and_holds_nothing() -> None:
+    log = EventLog(capacity=8)
+    sub = log.subscribe()
+    put(log, "turn.started")
+    sub.close()
+    assert [e async for e in sub] == []
+    assert log._waiters == []
+
+
+def test_capacity_must_be_sane() -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        EventLog(capacity=1)
