@@ -115,7 +115,7 @@ def test_max_age_trims_old_events_and_gap_is_reported() -> None:
     put(log, "item.updated", now=1.0)
     put(log, "item.started", now=20.0)  # both earlier events are now older than 10 s
     assert log.first_seq == 3
-    entries, cursor, skipped, gap = log.read(1)
+    entries, _, _, gap = log.read(1)
     assert gap is not None and gap.resume_seq == 3 and entries == []
     entries, _cursor, skipped, gap = log.read(2)
     assert gap is None and [e.seq for e in entries] == [3] and skipped == 1
