@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -40,7 +40,12 @@ _TRANSIENT = frozenset(str(t) for t in TRANSIENT_EVENT_TYPES)
 
 
 class Entry:
-    """One published event: its seq, type and JSON encoding, made once for all readers."""
+    """One published event: its seq, type and JSON encoding, made once for all readers.
+
+    ``entry.event`` is the typed event, parsed on first use and then shared by every
+    reader; readers that only forward bytes never pay for it. Other attributes fall
+    through to it, so ``entry.item.description`` works as on the event itself.
+    """
 
     __slots__ = ("_event", "frame", "json", "seq", "time", "transient", "type")
 
@@ -61,6 +66,13 @@ class Entry:
         if self._event is None:
             self._event = parse_event(self.json)
         return self._event
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not slots: the typed event's fields.
+        return getattr(self.event, name)
+
+    def __repr__(self) -> str:
+        return f"Entry(seq={self.seq}, type={self.type!r}, json={self.json[:80]!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,12 +261,13 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 
 
 class Subscription:
-    """An async iterator over one stream's events (typed, each with its JSON in ``Entry``).
+    """An async iterator over one stream's events, each an ``Entry``.
 
-    ``async for event in sub`` gives typed events; ``sub.entries()`` gives the ``Entry``
-    objects (seq, type, JSON bytes) for readers that forward bytes. ``get()`` returns the
-    next event, as the seed's ``asyncio.Queue`` did. The iterator ends when the log is
-    closed and drained, when ``close()`` is called, or after a ``stream.overflow`` event.
+    An entry carries the event's seq, type and JSON bytes, and the typed event as
+    ``entry.event`` (its fields are also reachable on the entry itself). ``get()``
+    returns the next one, as the seed's ``asyncio.Queue`` did. The iterator ends when the
+    log is closed and drained, when ``close()`` is called, or after a
+    ``stream.overflow`` event.
     """
 
     def __init__(self, log: EventLog, cursor: int, soft_lag: int) -> None:
@@ -266,9 +279,34 @@ class Subscription:
         self._pending: list[Entry] = []
         self._closed = False
 
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Entry:
+        if self._pending:  # the common case: a batch is already in hand
+            return self._pending.pop()
+        entry = await self._refill()
+        if entry is None:
+            raise StopAsyncIteration
+        return entry
+
+    async def get(self) -> Entry:
+        """The next event (the seed's ``queue.get()``); raises ``StopAsyncIteration`` at the end."""
+        return await self.__anext__()
+
     async def next_entry(self) -> Entry | None:
-        """The next entry, waiting if needed; ``None`` at the end of the stream."""
-        while not self._pending:
+        """The next entry, or ``None`` at the end of the stream."""
+        if self._pending:
+            return self._pending.pop()
+        return await self._refill()
+
+    async def entries(self) -> AsyncIterator[Entry]:
+        """The same entries as plain iteration, as an async generator."""
+        while (entry := await self.next_entry()) is not None:
+            yield entry
+
+    async def _refill(self) -> Entry | None:
+        while True:
             if self._closed:
                 return None
             entries, self.cursor, skipped, gap = self._log.read(
@@ -279,14 +317,13 @@ class Subscription:
                 self._closed = True
                 return self._overflow_entry(gap)
             if entries:
+                entries.reverse()
                 self._pending = entries
-                self._pending.reverse()
-                break
+                return entries.pop()
             if self._log.closed:
                 self._closed = True
                 return None
             await self._log.wait(self.cursor)
-        return self._pending.pop()
 
     def _overflow_entry(self, gap: Gap) -> Entry:
         body = {"type": "stream.overflow", "last_seq": self.cursor - 1,
@@ -294,24 +331,6 @@ class Subscription:
                 "message": "subscriber fell behind the event buffer and was cut off"}
         # seq 0: a synthetic event never moves a reader's cursor.
         return Entry(0, "stream.overflow", orjson.dumps(body), time.monotonic())
-
-    async def get(self) -> Event:
-        """The next event (the seed's ``queue.get()``); raises ``StopAsyncIteration`` at the end."""
-        entry = await self.next_entry()
-        if entry is None:
-            raise StopAsyncIteration
-        return entry.event
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> Event:
-        return await self.get()
-
-    async def entries(self) -> AsyncIterator[Entry]:
-        """The raw entries, for readers that forward bytes."""
-        while (entry := await self.next_entry()) is not None:
-            yield entry
 
     def close(self) -> None:
         """Stop reading; a reader holds nothing else, so this is all the clean-up there is."""

@@ -279,7 +279,7 @@ class ThreadSnapshot:
             "current_item": (
                 {"id": current.id, "type": current.type, "description": current.description}
                 if current is not None else None),
-            "turns": self.turns_dropped + len(self.turns),
+            "turn_count": self.turns_dropped + len(self.turns),
             "failed_turns": sum(turn.status == "failed" for turn in self.turns.values()),
             "usage": self.usage(),
             "started_at": self.started_at,
