@@ -150,7 +150,7 @@ class Item(_Scope):
         self.turn = turn
         self.id = f"item_{next(emitter._item_ids)}"
         self.type = str(item_type)
-        self.description = emitter.content.text(description) if description else description
+        self.description = emitter._description(description) if description else description
         self.name = name
         self.parent_id = parent.id if parent is not None else None
         self.status = ItemStatus.IN_PROGRESS
@@ -181,7 +181,7 @@ class Item(_Scope):
         if turn is not None:
             turn._open_items[self.id] = self
         emitter._open_items[self.id] = self
-        emitter._publish("item.started", self, {"item": item}, self.started_ns)
+        emitter._publish("item.started", self, {"item": item}, self.started_at)
 
     # -- reporting -----------------------------------------------------------------
 
@@ -243,14 +243,15 @@ class Item(_Scope):
         if self.parent_id is not None:
             item["parent_id"] = self.parent_id
         span = self.span
+        attributes: dict[str, Any] = {}
         if output is not None:
             encoded = content.encode(output)
             if content.capture:
                 item["output"] = orjson.Fragment(encoded)
-                span.set_attribute("otel_events.item.output", content.attribute(encoded))
+                attributes["otel_events.item.output"] = content.attribute(encoded)
             else:
                 item["output_length"] = len(encoded)
-            span.set_attribute("otel_events.item.output.length", len(encoded))
+            attributes["otel_events.item.output.length"] = len(encoded)
         if fields:
             item.update(emitter._encode_fields(fields))
         if message is not None:
@@ -260,13 +261,14 @@ class Item(_Scope):
                 error["type"] = error_type
             item["error"] = error
         item["started_at"] = self.started_at
-        item["completed_at"] = emitter._clock.format(end_ns)
+        item["completed_at"] = completed_at = emitter._clock.format(end_ns)
         item["duration_ms"] = round(duration_ms, 3)
-        span.set_attribute("otel_events.item.status", str(status))
+        attributes["otel_events.item.status"] = str(status)
+        span.set_attributes(attributes)  # bulky attributes last, in one call
         if self.turn is not None:
             self.turn._open_items.pop(self.id, None)
         emitter._open_items.pop(self.id, None)
-        emitter._publish("item.completed", self, {"item": item}, end_ns)
+        emitter._publish("item.completed", self, {"item": item}, completed_at)
         end_span(span, error_type, message, exception, end_ns)
         emitter._metrics.record_item(self.type, str(status), duration_ms / 1e3,
                                      self._operation, self.name or self.type, error_type)
@@ -314,7 +316,7 @@ class Turn(_Scope):
                                     self.id, start_time=self.started_ns)
         self.trace_id, self.span_id = _hex_ids(self.span)
         emitter._open_turns[self.id] = self
-        emitter._publish("turn.started", self, {}, self.started_ns)
+        emitter._publish("turn.started", self, {}, emitter._clock.format(self.started_ns))
 
     def item(self, item_type: ItemType | str, description: str | None = None, *,
              name: str | None = None, **fields: Any) -> Item:
@@ -373,13 +375,13 @@ class Turn(_Scope):
         body: dict[str, Any]
         if message is None:
             body = {"usage": self._usage(), "duration_ms": round(duration_ms, 3)}
-            emitter._publish("turn.completed", self, body, end_ns)
+            emitter._publish("turn.completed", self, body, emitter._clock.format(end_ns))
             outcome = "completed"
         else:
             message = emitter.content.text(message)
             body = {"error": {"message": message, "type": error_type},
                     "usage": self._usage(), "duration_ms": round(duration_ms, 3)}
-            emitter._publish("turn.failed", self, body, end_ns)
+            emitter._publish("turn.failed", self, body, emitter._clock.format(end_ns))
             outcome = ABANDONED if error_type == ABANDONED else "failed"
         emitter._open_turns.pop(self.id, None)
         end_span(span, error_type, message, exception, end_ns)
@@ -444,6 +446,7 @@ class EventEmitter:
         self._open_items: dict[str, Item] = {}
         self._started = False
         self._closed = False
+        self._descriptions: dict[str, str] = {}
         self._sinks: list[Sink] = []
         for sink in sinks:
             self.add_sink(sink)
@@ -513,11 +516,22 @@ class EventEmitter:
     def publish(self, event: Event) -> Entry:
         """``emit`` for sync code."""
         body = event.model_dump(mode="json", exclude_unset=True)
-        kind = body.pop("type")
+        body.pop("type", None)
+        kind = event.type
         turn = self.current_turn()
         return self._publish(kind, turn, body)
 
     # -- internals ---------------------------------------------------------------
+
+    def _description(self, text: str) -> str:
+        # Descriptions are mostly constants of the agent's code: scrub each once.
+        cache = self._descriptions
+        scrubbed = cache.get(text)
+        if scrubbed is None:
+            if len(cache) >= 1024:
+                cache.clear()
+            scrubbed = cache[text] = self.content.text(text)
+        return scrubbed
 
     def _encode_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
         content = self.content
@@ -526,9 +540,10 @@ class EventEmitter:
         return {key: orjson.Fragment(content.encode(value)) for key, value in fields.items()}
 
     def _publish(self, kind: str, scope: Turn | Item | None, payload: dict[str, Any],
-                 now_ns: int | None = None) -> Entry:
+                 timestamp: str | None = None) -> Entry:
         """Stamp, encode once and append to the log. The only place events are made."""
-        timestamp = self._clock.format(time.time_ns() if now_ns is None else now_ns)
+        if timestamp is None:
+            timestamp = self._clock.format(time.time_ns())
         body: dict[str, Any] = {"type": kind, "thread_id": self.thread_id}
         if scope is not None:
             turn = scope if isinstance(scope, Turn) else scope.turn

@@ -100,7 +100,7 @@ async def test_reader_that_lost_a_lifecycle_event_is_cut_off_with_a_final_event(
         put(log, "item.started")
     for _ in range(3):
         put(log, "item.completed")  # the ring now lost item.started events the reader needs
-    last = await sub.get()
+    last = (await sub.get()).event
     assert isinstance(last, StreamOverflow)
     assert last.last_seq == 1 and last.missed >= 2
     with pytest.raises(StopAsyncIteration):

@@ -150,6 +150,7 @@ async def test_seed_calls_keep_working(emitter: EventEmitter) -> None:
     assert [e.type for e in got] == ["thread.started", "turn.started", "item.started",
                                      "item.completed", "turn.started", "turn.completed"]
     completed = got[3]
+    assert completed.event.type == "item.completed"
     assert completed.item.type == "sql_execution" and completed.item.output == [1, 2]  # type: ignore[union-attr]
     assert [e.seq for e in got] == list(range(1, 7))
     emitter.unsubscribe(queue)
