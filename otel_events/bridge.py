@@ -180,6 +180,9 @@ def create_app(settings: BridgeSettings | None = None,
                registry: ThreadRegistry | None = None) -> FastAPI:
     """The bridge as an ASGI application; its ``state.registry`` holds the threads."""
     settings = settings or BridgeSettings()
+    # sse-starlette logs every chunk it sends at DEBUG: that is event content, which
+    # must never reach the bridge's logs, whatever level the application picks.
+    logging.getLogger("sse_starlette").setLevel(logging.INFO)
     registry = registry or ThreadRegistry(
         retention_count=settings.retention_count, retention_age=settings.retention_age,
         idle_expiry=settings.idle_expiry, max_threads=settings.max_threads)
