@@ -364,8 +364,8 @@ class Prometheus(Server):
     ``targets`` and alerting ``alertmanager`` (host:port)."""
 
     def __init__(self, binary: str, workdir: Path, targets: list[str],
-                 alertmanager: str | None) -> None:
-        self.port = free_port()
+                 alertmanager: str | None, port: int | None = None) -> None:
+        self.port = port or free_port()
         config = load_yaml(PROMETHEUS_CONFIG)
         set_at(config, "global.scrape_interval", "1s")
         set_at(config, "global.evaluation_interval", "1s")
