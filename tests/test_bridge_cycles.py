@@ -1,0 +1,142 @@
+"""Readers leave nothing behind; slow readers get a reset, never a silent gap; expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+from otel_events.protocol import parse_event
+from otel_events.sse import event_stream
+from otel_events.threads import BridgeThread, ThreadRegistry
+from tests.bridge_support import parse_block, running_bridge, turn_events, wait_for
+
+
+async def test_10000_connect_disconnect_cycles_leave_no_subscriber_and_no_memory() -> None:
+    with running_bridge(heartbeat=60) as bridge:
+        bridge.post("th", turn_events("t1", 3))
+        thread = bridge.thread_state("th")
+        log = thread.log
+        port = int(bridge.url.rsplit(":", 1)[1])
+        request = b"GET /v1/threads/th/events HTTP/1.1\r\nHost: x\r\n\r\n"
+
+        async def cycles(count: int) -> None:
+            # A bare socket client: the cost under test is the server's, not a client's.
+            for _ in range(count):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(request)
+                seen = b""
+                while b"turn.completed" not in seen:
+                    chunk = await reader.read(65536)
+                    assert chunk, "the stream ended early"
+                    seen = seen[-32:] + chunk
+                writer.close()
+                await writer.wait_closed()
+
+        async def run(total: int, parallel: int = 20) -> None:
+            await asyncio.gather(*(cycles(total // parallel) for _ in range(parallel)))
+
+        def settled() -> dict[str, int]:
+            wait_for(lambda: thread.readers == 0, what="every reader released")
+            gc.collect()
+            counts: dict[str, int] = {}
+            for obj in gc.get_objects():
+                name = type(obj).__name__
+                counts[name] = counts.get(name, 0) + 1
+            return counts
+
+        await run(1000)  # warm-up: caches, pools, lazily built objects
+        before = await asyncio.to_thread(settled)
+        await run(10_000)
+        after = await asyncio.to_thread(settled)
+        assert thread.readers == 0
+        # One shared wake-up per loop, however many readers came and went.
+        assert len(log._waiters) <= 1
+        assert len(log._loop_waits) <= 1
+        # Anything kept per connection would show up 10,000 times over.
+        grown = {name: after.get(name, 0) - count for name, count in before.items()
+                 if after.get(name, 0) - count > 100}
+        grown.update({name: count for name, count in after.items()
+                      if name not in before and count > 100})
+        assert not grown, f"objects left behind: {grown}"
+        assert sum(after.values()) - sum(before.values()) < 2000
+
+
+def _thread(capacity: int) -> BridgeThread:
+    return BridgeThread("th", capacity, None, dedup_window=capacity)
+
+
+def _publish(thread: BridgeThread, events: list[dict[str, object]]) -> None:
+    for event in events:
+        thread.publish(parse_event(event))
+
+
+async def test_a_reader_that_fell_behind_gets_a_reset_then_goes_on() -> None:
+    thread = _thread(capacity=8)
+    stream = event_stream(thread, None, retry_ms=1000, batch=4)
+    head = await anext(stream)
+    assert head == b"retry: 1000\n\n"
+    _publish(thread, turn_events("t1", 3))  # 8 events: fits
+    first = await anext(stream)
+    assert first.count(b"\n\n") == 4  # a batch of 4 frames
+    _publish(thread, turn_events("t2", 10))  # the ring overwrites what it had not read
+    reset = parse_block((await anext(stream)).decode().strip())
+    assert reset.event == "reset" and reset.id is None
+    assert reset.json()["reason"] == "fell_behind"
+    assert reset.json()["seq"] == thread.log.next_seq - 1
+    _publish(thread, [{"type": "turn.started", "turn_id": "t3"}])
+    live = parse_block((await anext(stream)).decode().strip())
+    assert live.id == str(thread.log.next_seq - 1)
+    await stream.aclose()
+    assert thread.readers == 0
+
+
+async def test_transient_events_are_skipped_by_a_lagging_reader_not_lifecycle_ones() -> None:
+    thread = _thread(capacity=64)
+    stream = event_stream(thread, 0, retry_ms=1000, batch=1000)
+    await anext(stream)
+    updates = [{"type": "item.updated", "item": {"id": "i", "type": "x"}}] * 40
+    _publish(thread, [{"type": "turn.started"}, *updates, {"type": "turn.completed"}])
+    data = await anext(stream)
+    await stream.aclose()
+    # 42 events, more than half the ring behind: the updates are passed over.
+    assert data.count(b"event: item.updated") == 0
+    assert data.count(b"event: turn.started") == 1
+    assert data.count(b"event: turn.completed") == 1
+
+
+async def test_caught_up_readers_share_one_joined_chunk() -> None:
+    thread = _thread(capacity=64)
+    streams = [event_stream(thread, 0, retry_ms=1000) for _ in range(3)]
+    for stream in streams:
+        await anext(stream)
+    _publish(thread, turn_events("t1", 2))
+    chunks = [await anext(stream) for stream in streams]
+    assert chunks[0] is chunks[1] is chunks[2]
+    for stream in streams:
+        await stream.aclose()
+
+
+def test_idle_threads_expire_unless_read() -> None:
+    registry = ThreadRegistry(idle_expiry=10.0)
+    idle = registry.get_or_create("idle")
+    read = registry.get_or_create("read")
+    read.readers = 1
+    now = idle.last_active + 11
+    assert registry.sweep(now) == 1
+    assert registry.get("idle") is None and idle.log.closed
+    assert registry.get("read") is read
+    read.reader_left()
+    assert registry.sweep(read.last_active + 11) == 1
+    assert len(registry) == 0
+
+
+def test_thread_count_is_bounded() -> None:
+    registry = ThreadRegistry(max_threads=2, idle_expiry=None)
+    registry.get_or_create("a")
+    registry.get_or_create("b")
+    try:
+        registry.get_or_create("c")
+    except RuntimeError as exc:
+        assert "2 threads" in str(exc)
+    else:
+        raise AssertionError("a third thread was created")
