@@ -1,0 +1,102 @@
+"""The thread state folded from events: Codex's stream, the emitter's, and its bounds."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from otel_events import EventEmitter
+from otel_events.protocol import parse_event
+from otel_events.snapshot import ThreadSnapshot
+from tests.conftest import FIXTURES, Telemetry, logged
+
+
+def fold(events: list[dict[str, object]], **limits: int) -> ThreadSnapshot:
+    snapshot = ThreadSnapshot("th", **limits)
+    for seq, event in enumerate(events, 1):
+        snapshot.apply(parse_event(event), seq)
+    return snapshot
+
+
+def test_codex_stream_without_turn_ids_or_timestamps() -> None:
+    lines = (FIXTURES / "codex-exec-sample.jsonl").read_bytes().splitlines()
+    snapshot = fold([orjson.loads(line) for line in lines])
+    state = snapshot.to_dict()
+    assert state["status"] == "completed"
+    assert state["last_seq"] == len(lines)
+    (turn,) = state["turns"]
+    assert turn["turn_id"] == "turn_1"
+    items = {item["id"]: item for item in turn["items"]}
+    assert list(items) == ["item_0", "item_1", "item_2", "item_3", "item_4"]
+    assert items["item_1"]["status"] == "failed" and items["item_1"]["failed"]
+    assert items["item_3"]["status"] == "completed"
+    assert items["item_0"]["status"] == "completed"  # completed events may omit status
+    assert turn["failed_items"] == 1
+    assert turn["usage"] == {"input_tokens": 24763, "cached_input_tokens": 24448,
+                             "output_tokens": 122}
+    assert state["usage"]["output_tokens"] == 122
+
+
+def test_emitter_stream_statuses_durations_usage_and_failures(telemetry: Telemetry) -> None:
+    emitter = EventEmitter("th", tracer_provider=telemetry.tracer_provider,
+                           meter_provider=telemetry.meter_provider)
+    with emitter.turn() as turn:
+        with turn.item("sql_execution", "count rows") as item:
+            item.progress(0.25, "scanning")
+        turn.add_usage(input_tokens=100, output_tokens=7)
+        failing = turn.item("chart_generation", "draw chart")
+        failing.fail(ValueError("no data"))
+        running_state = fold(logged(emitter)).summary()
+    with pytest.raises(RuntimeError), emitter.turn() as second:
+        with second.item("doc_retrieval", "find docs"):
+            pass
+        raise RuntimeError("model unavailable")
+    state = fold(logged(emitter)).to_dict()
+    emitter.close()
+
+    assert running_state["status"] == "running"
+    assert running_state["usage"]["input_tokens"] == 100  # token.count, before the end
+    first, failed = state["turns"]
+    assert first["status"] == "completed" and not first["failed"]
+    assert first["trace_id"] and len(first["trace_id"]) == 32
+    assert first["duration_ms"] is not None and first["duration_ms"] >= 0
+    sql, chart = first["items"]
+    assert (sql["description"], sql["status"], sql["progress"]) == ("count rows",
+                                                                    "completed", 0.25)
+    assert sql["duration_ms"] is not None
+    assert chart["failed"] and chart["error"] == {"message": "no data", "type": "ValueError"}
+    assert first["failed_items"] == 1
+    assert failed["status"] == "failed" and failed["failed"]
+    assert failed["error"]["message"] == "model unavailable"
+    assert state["status"] == "failed" and state["failed"]
+    assert state["usage"]["input_tokens"] == 100
+
+
+def test_state_is_bounded_whatever_the_thread_length() -> None:
+    events: list[dict[str, object]] = []
+    for turn in range(30):
+        events.append({"type": "turn.started", "turn_id": f"t{turn}"})
+        for n in range(20):
+            item = {"id": f"t{turn}-{n}", "type": "x", "status": "completed"}
+            events.append({"type": "item.completed", "turn_id": f"t{turn}", "item": item})
+        events.append({"type": "turn.completed", "turn_id": f"t{turn}",
+                       "usage": {"input_tokens": 1}})
+    state = fold(events, max_turns=5, max_items=8).to_dict()
+    assert len(state["turns"]) == 5
+    assert state["turns_dropped"] == 25
+    assert state["turn_count"] == 30
+    assert state["turns"][-1]["turn_id"] == "t29"
+    assert len(state["turns"][-1]["items"]) == 8
+    assert state["turns"][-1]["items_dropped"] == 12
+    assert state["usage"]["input_tokens"] == 30  # dropped turns still count
+
+
+def test_items_of_a_turn_never_started_still_land_somewhere() -> None:
+    state = fold([
+        {"type": "item.started", "turn_id": "late", "item": {"id": "a", "type": "x"}},
+        {"type": "item.started", "item": {"id": "b", "type": "x"}},
+    ]).to_dict()
+    assert [t["turn_id"] for t in state["turns"]] == ["late"]
+    assert state["running_turn"] == "late"
+    # No turn id and a running turn: the item belongs to it.
+    assert [i["id"] for i in state["turns"][0]["items"]] == ["a", "b"]
