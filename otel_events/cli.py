@@ -68,3 +68,8 @@ def ingest(
                err=True)
     if result.rejected:
         raise typer.Exit(1)
+
+
+from otel_events.bridge import bridge_command  # noqa: E402
+
+app.command("bridge")(bridge_command)
