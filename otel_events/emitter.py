@@ -106,11 +106,20 @@ class _Scope:
     span: Span
     trace_id: str | None
     span_id: str | None
+    turn_id: str | None
+    _context: otel_context.Context | None = None
     _tokens: list[tuple[contextvars.ContextVar[Any], contextvars.Token[Any]]]
     _otel_token: object | None
 
+    @property
+    def context(self) -> otel_context.Context:
+        """An OpenTelemetry context with this span current (made once)."""
+        if self._context is None:
+            self._context = trace.set_span_in_context(self.span)
+        return self._context
+
     def _activate(self, var: contextvars.ContextVar[Any]) -> None:
-        self._otel_token = otel_context.attach(trace.set_span_in_context(self.span))
+        self._otel_token = otel_context.attach(self.context)
         self._tokens = [(var, var.set(self))]
 
     def _deactivate(self) -> None:
@@ -157,11 +166,12 @@ class Item(_Scope):
         self._tokens = []
         self._otel_token = None
         if parent is not None:
-            parent_context = trace.set_span_in_context(parent.span)
+            parent_context = parent.context
         elif turn is not None:
-            parent_context = trace.set_span_in_context(turn.span)
+            parent_context = turn.context
         else:
             parent_context = otel_context.get_current()
+        self.turn_id = turn.id if turn is not None else None
         self.started_ns = time.time_ns()
         self.span, self._operation = start_item_span(
             emitter._tracer, parent_context, self.id, self.type, self.description, name,
@@ -237,7 +247,7 @@ class Item(_Scope):
         content = emitter.content
         duration_ms = (end_ns - self.started_ns) / 1e6
         item: dict[str, Any] = {"id": self.id, "type": self.type,
-                                "description": self.description, "status": str(status)}
+                                "description": self.description, "status": status.value}
         if self.name is not None:
             item["name"] = self.name
         if self.parent_id is not None:
@@ -263,14 +273,14 @@ class Item(_Scope):
         item["started_at"] = self.started_at
         item["completed_at"] = completed_at = emitter._clock.format(end_ns)
         item["duration_ms"] = round(duration_ms, 3)
-        attributes["otel_events.item.status"] = str(status)
+        attributes["otel_events.item.status"] = status.value
         span.set_attributes(attributes)  # bulky attributes last, in one call
         if self.turn is not None:
             self.turn._open_items.pop(self.id, None)
         emitter._open_items.pop(self.id, None)
         emitter._publish("item.completed", self, {"item": item}, completed_at)
         end_span(span, error_type, message, exception, end_ns)
-        emitter._metrics.record_item(self.type, str(status), duration_ms / 1e3,
+        emitter._metrics.record_item(self.type, status.value, duration_ms / 1e3,
                                      self._operation, self.name or self.type, error_type)
 
     def _exit(self, exc: BaseException | None) -> None:
@@ -301,7 +311,7 @@ class Turn(_Scope):
 
     def __init__(self, emitter: EventEmitter) -> None:
         self.emitter = emitter
-        self.id = f"turn_{next(emitter._turn_ids)}"
+        self.id = self.turn_id = f"turn_{next(emitter._turn_ids)}"
         self.input_tokens = 0
         self.cached_input_tokens = 0
         self.output_tokens = 0
@@ -545,10 +555,8 @@ class EventEmitter:
         if timestamp is None:
             timestamp = self._clock.format(time.time_ns())
         body: dict[str, Any] = {"type": kind, "thread_id": self.thread_id}
-        if scope is not None:
-            turn = scope if isinstance(scope, Turn) else scope.turn
-            if turn is not None:
-                body["turn_id"] = turn.id
+        if scope is not None and scope.turn_id is not None:
+            body["turn_id"] = scope.turn_id
         body["seq"] = 0
         body["timestamp"] = timestamp
         if scope is not None and scope.trace_id is not None:
