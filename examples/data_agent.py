@@ -176,17 +176,11 @@ async def show_progress(subscription: Subscription, console: Console) -> None:
                 return
 
 
-async def main() -> None:
+async def main(events_path: Path, traces_path: Path, remote: bool) -> None:
     console = Console()
-    OUT.mkdir(parents=True, exist_ok=True)
-    events_path = OUT / "events.jsonl"
-    events_path.unlink(missing_ok=True)
-    remote = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
-    traces_path = OUT / "traces.jsonl"
     if remote:
         telemetry = otel_events.configure("data-agent")
     else:
-        traces_path.unlink(missing_ok=True)
         telemetry = otel_events.configure("data-agent", traces_exporter="none",
                                           metrics_exporter="none", traces_file=traces_path)
     emitter = EventEmitter(agent_name="data-agent", sinks=[JsonlSink(events_path)],
@@ -211,4 +205,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    OUT.mkdir(parents=True, exist_ok=True)
+    events, traces = OUT / "events.jsonl", OUT / "traces.jsonl"
+    events.unlink(missing_ok=True)
+    traces.unlink(missing_ok=True)
+    asyncio.run(main(events, traces, remote=bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))))
