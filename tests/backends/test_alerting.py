@@ -67,6 +67,13 @@ def stack(jaeger_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                                 alertmanager=alertmanager.address, port=prometheus_port)
         prometheus.start()
         started.append(prometheus)
+        # Ready means wired: Jaeger scraped and Alertmanager discovered (Prometheus applies
+        # discovered targets a few seconds after it starts).
+        wait_for(lambda: prometheus.query("up == 1"), "Prometheus scraping Jaeger", timeout=60,
+                 interval=0.2)
+        wait_for(lambda: httpx.get(f"{prometheus.url}/api/v1/alertmanagers", timeout=5)
+                 .json()["data"]["activeAlertmanagers"], "Prometheus knowing Alertmanager",
+                 timeout=60, interval=0.2)
         yield Stack(jaeger, prometheus, alertmanager, webhook)
     finally:
         for server in reversed(started):
@@ -106,10 +113,23 @@ def test_failed_turn_pages_through_prometheus_and_alertmanager(stack: Stack) -> 
         failed_at = time.monotonic()
         assert tel.force_flush()
 
+        # Each hop, for whoever tunes the intervals (waiting here does not slow the hops).
+        error_series = (f'traces_span_metrics_calls_total{{service_name="{service}",'
+                        f'status_code="STATUS_CODE_ERROR"}}')
+        wait_for(lambda: stack.prometheus.query(error_series), "the error series in Prometheus",
+                 timeout=60, interval=0.1)
+        scraped = time.monotonic() - failed_at
+        wait_for(lambda: [a for a in stack.prometheus.alerts()
+                          if a["labels"].get("service_name") == service
+                          and a["labels"]["alertname"] == "AgentTurnFailed"
+                          and a["state"] == "firing"],
+                 "AgentTurnFailed firing in Prometheus", timeout=60, interval=0.1)
+        firing = time.monotonic() - failed_at
         page = stack.webhook.wait_for(
             lambda n: n.path == "/alerts/page" and bool(alerts_of(n, "AgentTurnFailed", service)),
             "AgentTurnFailed delivered to the on-call webhook", timeout=90)
-        print(f"[alerting] failed turn -> webhook (page): {page.received - failed_at:.2f} s")
+        print(f"[alerting] failed turn -> series scraped {scraped:.2f} s -> alert firing "
+              f"{firing:.2f} s -> webhook (page) {page.received - failed_at:.2f} s")
         ticket = stack.webhook.wait_for(
             lambda n: n.path == "/alerts/ticket" and bool(alerts_of(n, "AgentStepFailed", service)),
             "AgentStepFailed delivered to the ticket webhook", timeout=90)
