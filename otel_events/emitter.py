@@ -56,6 +56,11 @@ _current_turn: contextvars.ContextVar[Turn | None] = contextvars.ContextVar(
     "otel_events_turn", default=None
 )
 
+_IN_PROGRESS = ItemStatus.IN_PROGRESS.value
+_COMPLETED = ItemStatus.COMPLETED.value
+_FAILED = ItemStatus.FAILED.value
+_DECLINED = ItemStatus.DECLINED.value
+
 # Exceptions that mean "the work was not finished", not "the work failed".
 _ABANDONING = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
 
@@ -162,7 +167,8 @@ class Item(_Scope):
         self.description = emitter._description(description) if description else description
         self.name = name
         self.parent_id = parent.id if parent is not None else None
-        self.status = ItemStatus.IN_PROGRESS
+        #: ``in_progress`` until the item ends (an ``ItemStatus`` value, kept as a plain str).
+        self.status: str = _IN_PROGRESS
         self._tokens = []
         self._otel_token = None
         if parent is not None:
@@ -197,7 +203,7 @@ class Item(_Scope):
 
     def update(self, **fields: Any) -> None:
         """Publish ``item.updated`` with new fields (partial output, text so far...)."""
-        if self.status is not ItemStatus.IN_PROGRESS:
+        if self.status != _IN_PROGRESS:
             return
         item = {"id": self.id, "type": self.type, "description": self.description,
                 "status": "in_progress", **self.emitter._encode_fields(fields)}
@@ -214,24 +220,24 @@ class Item(_Scope):
 
     def complete(self, output: Any = None, **fields: Any) -> None:
         """End the item as completed, with its output."""
-        self._end(ItemStatus.COMPLETED, output, fields, None, None, None)
+        self._end(_COMPLETED, output, fields, None, None, None)
 
     def fail(self, error: BaseException | str, *, error_type: str | None = None,
              output: Any = None) -> None:
         """End the item as failed; ``error_type`` defaults to the exception's class name."""
         message = str(error) or type(error).__name__
-        self._end(ItemStatus.FAILED, output, {}, error_type or _error_type(error), message,
+        self._end(_FAILED, output, {}, error_type or _error_type(error), message,
                   error if isinstance(error, BaseException) else None)
 
     def decline(self, reason: str | None = None) -> None:
         """End the item as declined (not run, for example refused by a guardrail)."""
-        self._end(ItemStatus.DECLINED, None, {}, None, reason, None)
+        self._end(_DECLINED, None, {}, None, reason, None)
 
     # -- ending ---------------------------------------------------------------------
 
     def _end(
         self,
-        status: ItemStatus,
+        status: str,
         output: Any,
         fields: dict[str, Any],
         error_type: str | None,
@@ -240,14 +246,14 @@ class Item(_Scope):
     ) -> None:
         emitter = self.emitter
         with emitter._lock:
-            if self.status is not ItemStatus.IN_PROGRESS:
+            if self.status != _IN_PROGRESS:
                 return
             self.status = status
         end_ns = time.time_ns()
         content = emitter.content
-        duration_ms = (end_ns - self.started_ns) / 1e6
+        duration_ms = (end_ns - self.started_ns) // 1000 / 1000  # to the microsecond
         item: dict[str, Any] = {"id": self.id, "type": self.type,
-                                "description": self.description, "status": status.value}
+                                "description": self.description, "status": status}
         if self.name is not None:
             item["name"] = self.name
         if self.parent_id is not None:
@@ -272,15 +278,15 @@ class Item(_Scope):
             item["error"] = error
         item["started_at"] = self.started_at
         item["completed_at"] = completed_at = emitter._clock.format(end_ns)
-        item["duration_ms"] = round(duration_ms, 3)
-        attributes["otel_events.item.status"] = status.value
+        item["duration_ms"] = duration_ms
+        attributes["otel_events.item.status"] = status
         span.set_attributes(attributes)  # bulky attributes last, in one call
         if self.turn is not None:
             self.turn._open_items.pop(self.id, None)
         emitter._open_items.pop(self.id, None)
         emitter._publish("item.completed", self, {"item": item}, completed_at)
         end_span(span, error_type, message, exception, end_ns)
-        emitter._metrics.record_item(self.type, status.value, duration_ms / 1e3,
+        emitter._metrics.record_item(self.type, status, duration_ms / 1e3,
                                      self._operation, self.name or self.type, error_type)
 
     def _exit(self, exc: BaseException | None) -> None:
@@ -336,8 +342,7 @@ class Turn(_Scope):
         ``name`` is the tool, data source or guardrail name (the span name uses it).
         """
         parent = _current_item.get()
-        if parent is not None and (parent.turn is not self or
-                                   parent.status is not ItemStatus.IN_PROGRESS):
+        if parent is not None and (parent.turn is not self or parent.status != _IN_PROGRESS):
             parent = None
         return Item(self.emitter, self, str(item_type), description, name, parent, fields)
 
@@ -379,7 +384,7 @@ class Turn(_Scope):
         for item in list(self._open_items.values()):
             item.fail("turn ended before the item did", error_type=ABANDONED)
         end_ns = time.time_ns()
-        duration_ms = (end_ns - self.started_ns) / 1e6
+        duration_ms = (end_ns - self.started_ns) // 1000 / 1000  # to the microsecond
         span = self.span
         set_usage(span, self.input_tokens, self.output_tokens, self.cached_input_tokens)
         body: dict[str, Any]
