@@ -7,6 +7,7 @@ global providers they installed.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -74,6 +75,7 @@ class Telemetry:
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
     span_exporters: list[CountingSpanExporter] = field(default_factory=list)
+    _shut_down: bool = False
 
     @property
     def spans_dropped(self) -> int:
@@ -89,6 +91,11 @@ class Telemetry:
         return self.meter_provider.force_flush(timeout_millis) and traces
 
     def shutdown(self) -> None:
+        """End open work as abandoned, then flush and stop both providers (once)."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        atexit.unregister(self.shutdown)
         abandon_open_work()
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
@@ -173,7 +180,9 @@ def configure(
     if protocol not in ("grpc", "http/protobuf"):
         raise ValueError(f"unsupported OTLP protocol {protocol!r} (grpc or http/protobuf)")
 
-    tracer_provider = TracerProvider(resource=resource)
+    # The SDK's own exit hooks would flush before open turns are ended as abandoned;
+    # Telemetry.shutdown does both, in that order, at exit.
+    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     counted: list[CountingSpanExporter] = []
     kinds = [traces_exporter.lower()] if traces_exporter else _env_list(
         "OTEL_TRACES_EXPORTER", "otlp")
@@ -197,7 +206,8 @@ def configure(
         if metric_exporter is not None:
             readers.append(PeriodicExportingMetricReader(
                 metric_exporter, export_interval_millis=metric_export_interval_ms))
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers,
+                                   shutdown_on_exit=False)
 
     if set_global:
         if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
@@ -208,4 +218,6 @@ def configure(
             metrics.set_meter_provider(meter_provider)
         else:
             _log.warning("a global meter provider is already set; leaving it in place")
-    return Telemetry(tracer_provider, meter_provider, counted)
+    telemetry = Telemetry(tracer_provider, meter_provider, counted)
+    atexit.register(telemetry.shutdown)
+    return telemetry

@@ -466,6 +466,7 @@ class EventEmitter:
         for sink in sinks:
             self.add_sink(sink)
         _live.add(self)
+        _register_exit_hook()
 
     # -- the API ----------------------------------------------------------------------
 
@@ -590,4 +591,14 @@ def abandon_open_work() -> None:
         emitter.close(timeout=2.0)
 
 
-atexit.register(abandon_open_work)
+_hooked = False
+
+
+def _register_exit_hook() -> None:
+    # atexit runs hooks last-registered first. Registering when the first emitter is made
+    # (after the application set up its providers, as a rule) ends open work as
+    # abandoned before those providers flush at exit.
+    global _hooked
+    if not _hooked:
+        _hooked = True
+        atexit.register(abandon_open_work)

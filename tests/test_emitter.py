@@ -253,3 +253,34 @@ def test_agent_name_defaults_to_the_service_name(telemetry: Telemetry) -> None:
 
     provider = TracerProvider(resource=Resource.create({"service.name": "billing-agent"}))
     assert EventEmitter(tracer_provider=provider).agent_name == "billing-agent"
+
+
+def test_work_left_open_at_process_exit_is_ended_as_abandoned(tmp_path: Any) -> None:
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import otel_events
+        from otel_events import EventEmitter, JsonlSink
+        telemetry = otel_events.configure("exit-test", traces_exporter="none",
+                                          metrics_exporter="none",
+                                          traces_file={str(tmp_path / "traces.jsonl")!r})
+        emitter = EventEmitter("t", sinks=[JsonlSink({str(tmp_path / "events.jsonl")!r})])
+        turn = emitter.turn()
+        turn.item("command_execution", "still running")
+        # no close, no shutdown: the process just exits
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["type"] for e in events][-2:] == ["item.completed", "turn.failed"]
+    assert events[-1]["error"]["type"] == "abandoned"
+    spans = [span for line in (tmp_path / "traces.jsonl").read_text().splitlines()
+             for rs in json.loads(line)["resourceSpans"] for ss in rs["scopeSpans"]
+             for span in ss["spans"]]
+    assert sorted(s["name"] for s in spans) == ["execute_tool command_execution",
+                                                "invoke_agent exit-test"]
+    for span in spans:
+        attributes = {a["key"]: a["value"] for a in span["attributes"]}
+        assert attributes["error.type"] == {"stringValue": "abandoned"}
