@@ -68,7 +68,7 @@ want_stamp="$(cat "$ROOT/deploy/jaeger/go.mod" "$ROOT/deploy/jaeger/go.sum" | sh
 if [ -x "$JAEGER" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$want_stamp" ]; then
     say "jaeger: present ($JAEGER)"
 elif ! have go; then
-    problem "go not found: cannot build Jaeger (needs Go >= 1.24 and the Go module proxy)"
+    problem "go not found: cannot build Jaeger (needs Go >= 1.24.6 and the Go module proxy)"
 else
     mkdir -p "$BIN_DIR"
     say "building Jaeger with $(go version) (first build: minutes; the module cache is reused)"

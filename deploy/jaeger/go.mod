@@ -6,7 +6,7 @@
 // Upgrade: go get -tool github.com/jaegertracing/jaeger/cmd/jaeger@vX.Y.Z && go mod tidy
 module otelevents.local/jaeger-tool
 
-go 1.26
+go 1.24.6
 
 tool github.com/jaegertracing/jaeger/cmd/jaeger
 
