@@ -8,18 +8,19 @@ global providers they installed.
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
-    MetricExporter,
     MetricReader,
     PeriodicExportingMetricReader,
 )
@@ -106,51 +107,34 @@ def _env_list(name: str, default: str) -> list[str]:
     return [part.strip().lower() for part in raw.split(",") if part.strip()]
 
 
-def _signal_endpoint(endpoint: str, protocol: str, path: str) -> str:
-    # OTLP/HTTP wants the full URL of each signal; gRPC wants the base address.
-    if protocol == "grpc":
-        return endpoint
-    return endpoint.rstrip("/") + path
+# (signal, protocol) -> where the OTLP exporter lives; imported only when used.
+_OTLP_EXPORTERS = {
+    ("traces", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+                         "OTLPSpanExporter"),
+    ("traces", "http/protobuf"): ("opentelemetry.exporter.otlp.proto.http.trace_exporter",
+                                  "OTLPSpanExporter"),
+    ("metrics", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+                          "OTLPMetricExporter"),
+    ("metrics", "http/protobuf"): ("opentelemetry.exporter.otlp.proto.http.metric_exporter",
+                                   "OTLPMetricExporter"),
+}
 
 
-def _span_exporter(kind: str, endpoint: str | None, protocol: str,
-                   headers: dict[str, str] | None) -> SpanExporter | None:
+def _exporter(signal: str, kind: str, endpoint: str | None, protocol: str,
+              headers: dict[str, str] | None) -> Any:
+    """The exporter named by ``kind`` (otlp, console or none) for traces or metrics."""
     if kind == "none":
         return None
     if kind == "console":
-        return ConsoleSpanExporter()
+        return ConsoleSpanExporter() if signal == "traces" else ConsoleMetricExporter()
     if kind != "otlp":
-        raise ValueError(f"unknown traces exporter {kind!r} (otlp, console or none)")
-    url = _signal_endpoint(endpoint, protocol, "/v1/traces") if endpoint else None
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter(endpoint=url, headers=headers)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HTTPSpanExporter,
-    )
-
-    return HTTPSpanExporter(endpoint=url, headers=headers)
-
-
-def _metric_exporter(kind: str, endpoint: str | None, protocol: str,
-                     headers: dict[str, str] | None) -> MetricExporter | None:
-    if kind == "none":
-        return None
-    if kind == "console":
-        return ConsoleMetricExporter()
-    if kind != "otlp":
-        raise ValueError(f"unknown metrics exporter {kind!r} (otlp, console or none)")
-    url = _signal_endpoint(endpoint, protocol, "/v1/metrics") if endpoint else None
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-
-        return OTLPMetricExporter(endpoint=url, headers=headers)
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-        OTLPMetricExporter as HTTPMetricExporter,
-    )
-
-    return HTTPMetricExporter(endpoint=url, headers=headers)
+        raise ValueError(f"unknown {signal} exporter {kind!r} (otlp, console or none)")
+    module, name = _OTLP_EXPORTERS[signal, protocol]
+    # OTLP/HTTP wants each signal's full URL; gRPC wants the base address. Without an
+    # endpoint, the exporter reads the OTEL_EXPORTER_OTLP_* variables itself.
+    if endpoint is not None and protocol != "grpc":
+        endpoint = f"{endpoint.rstrip('/')}/v1/{signal}"
+    return getattr(importlib.import_module(module), name)(endpoint=endpoint, headers=headers)
 
 
 def configure(
@@ -187,7 +171,7 @@ def configure(
     kinds = [traces_exporter.lower()] if traces_exporter else _env_list(
         "OTEL_TRACES_EXPORTER", "otlp")
     for kind in kinds:
-        exporter = _span_exporter(kind, endpoint, protocol, headers)
+        exporter = _exporter("traces", kind, endpoint, protocol, headers)
         if exporter is not None:
             counted.append(CountingSpanExporter(exporter))
     if traces_file is not None:
@@ -202,7 +186,7 @@ def configure(
     kinds = [metrics_exporter.lower()] if metrics_exporter else _env_list(
         "OTEL_METRICS_EXPORTER", "otlp")
     for kind in kinds:
-        metric_exporter = _metric_exporter(kind, endpoint, protocol, headers)
+        metric_exporter = _exporter("metrics", kind, endpoint, protocol, headers)
         if metric_exporter is not None:
             readers.append(PeriodicExportingMetricReader(
                 metric_exporter, export_interval_millis=metric_export_interval_ms))

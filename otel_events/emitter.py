@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import contextvars
 import itertools
 import os
@@ -22,7 +23,7 @@ import uuid
 import weakref
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import orjson
 from opentelemetry import context as otel_context
@@ -106,15 +107,22 @@ def _default_agent_name(provider: trace.TracerProvider) -> str:
 
 
 class _Scope:
-    """Shared by turns and items: context-manager plumbing and context propagation."""
+    """Shared by turns and items: context-manager plumbing and context propagation.
 
+    Entering makes the scope current twice over: for otel-events (so a nested
+    ``turn.item(...)`` finds its parent) and for OpenTelemetry (so spans the application
+    starts inside become children of this one). Leaving ends the scope: failed if an
+    exception is passing through (``abandoned`` for cancellation), else completed.
+    """
+
+    _current: ClassVar[contextvars.ContextVar[Any]]
     span: Span
     trace_id: str | None
     span_id: str | None
     turn_id: str | None
     _context: otel_context.Context | None = None
-    _tokens: list[tuple[contextvars.ContextVar[Any], contextvars.Token[Any]]]
-    _otel_token: object | None
+    _var_token: contextvars.Token[Any] | None = None
+    _otel_token: object | None = None
 
     @property
     def context(self) -> otel_context.Context:
@@ -123,32 +131,46 @@ class _Scope:
             self._context = trace.set_span_in_context(self.span)
         return self._context
 
-    def _activate(self, var: contextvars.ContextVar[Any]) -> None:
-        self._otel_token = otel_context.attach(self.context)
-        self._tokens = [(var, var.set(self))]
-
-    def _deactivate(self) -> None:
-        # A context entered in one task and left in another cannot be reset; the
-        # work is still ended correctly, so that is not worth an error.
-        for var, token in reversed(self._tokens):
-            try:
-                var.reset(token)
-            except ValueError:
-                pass
-        self._tokens = []
-        if self._otel_token is not None:
-            try:
-                otel_context.detach(self._otel_token)  # type: ignore[arg-type]
-            except Exception:
-                pass
-            self._otel_token = None
-
-    def _exit(self, exc: BaseException | None) -> None:
+    def complete(self) -> None:
         raise NotImplementedError
+
+    def fail(self, error: BaseException | str, *, error_type: str | None = None) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._otel_token = otel_context.attach(self.context)
+        self._var_token = self._current.set(self)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        # A context entered in one task and left in another cannot be reset; the work is
+        # still ended correctly, so that is not worth an error.
+        if self._var_token is not None:
+            with contextlib.suppress(ValueError):
+                self._current.reset(self._var_token)
+            self._var_token = None
+        if self._otel_token is not None:
+            with contextlib.suppress(Exception):
+                otel_context.detach(self._otel_token)  # type: ignore[arg-type]
+            self._otel_token = None
+        if exc is not None:
+            self.fail(exc)
+        else:
+            self.complete()
+
+    async def __aenter__(self) -> Self:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.__exit__(exc_type, exc, tb)
 
 
 class Item(_Scope):
     """One step of a turn. Ends exactly once: complete, fail or decline."""
+
+    _current = _current_item
 
     def __init__(
         self,
@@ -169,8 +191,6 @@ class Item(_Scope):
         self.parent_id = parent.id if parent is not None else None
         #: ``in_progress`` until the item ends (an ``ItemStatus`` value, kept as a plain str).
         self.status: str = _IN_PROGRESS
-        self._tokens = []
-        self._otel_token = None
         if parent is not None:
             parent_context = parent.context
         elif turn is not None:
@@ -289,31 +309,12 @@ class Item(_Scope):
         emitter._metrics.record_item(self.type, status, duration_ms / 1e3,
                                      self._operation, self.name or self.type, error_type)
 
-    def _exit(self, exc: BaseException | None) -> None:
-        self._deactivate()
-        if exc is not None:
-            self.fail(exc)
-        else:
-            self.complete()
-
-    def __enter__(self) -> Item:
-        self._activate(_current_item)
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._exit(exc)
-
-    async def __aenter__(self) -> Item:
-        return self.__enter__()
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        self._exit(exc)
 
 
 class Turn(_Scope):
     """One turn of the thread: the agent working on one prompt."""
+
+    _current = _current_turn
 
     def __init__(self, emitter: EventEmitter) -> None:
         self.emitter = emitter
@@ -324,8 +325,6 @@ class Turn(_Scope):
         self.ended = False
         self.failed = False
         self._open_items: dict[str, Item] = {}
-        self._tokens = []
-        self._otel_token = None
         self.started_ns = time.time_ns()
         # No explicit context: the current span (say an HTTP request) becomes the parent.
         self.span = start_turn_span(emitter._tracer, emitter.agent_name, emitter.thread_id,
@@ -403,27 +402,6 @@ class Turn(_Scope):
         emitter._metrics.record_turn(emitter.agent_name, duration_ms / 1e3, outcome, error_type,
                                      self.input_tokens, self.output_tokens)
 
-    def _exit(self, exc: BaseException | None) -> None:
-        self._deactivate()
-        if exc is not None:
-            self.fail(exc)
-        else:
-            self.complete()
-
-    def __enter__(self) -> Turn:
-        self._activate(_current_turn)
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._exit(exc)
-
-    async def __aenter__(self) -> Turn:
-        return self.__enter__()
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        self._exit(exc)
 
 
 class EventEmitter:
