@@ -60,7 +60,7 @@ def ingest(
     else:
         with Path(file).open(encoding="utf-8") as lines:
             result = ingester.feed_lines(lines)
-    telemetry.shutdown()
+    telemetry.shutdown(timeout=60.0)  # a whole file's spans may still be queued
     for number, error in result.rejected:
         typer.echo(f"line {number}: {error}", err=True)
     typer.echo(f"ingested {result.turns} turns, {result.items} items from {result.lines} lines"

@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace.export import (
 
 from otel_events.emitter import abandon_open_work
 
-__all__ = ["CountingSpanExporter", "Telemetry", "configure"]
+__all__ = ["CountingBatchSpanProcessor", "CountingSpanExporter", "Telemetry", "configure"]
 
 _log = logging.getLogger(__name__)
 
@@ -69,37 +69,67 @@ class CountingSpanExporter(SpanExporter):
         return self.inner.force_flush(timeout_millis)
 
 
+class CountingBatchSpanProcessor(BatchSpanProcessor):
+    """A batch processor that also counts the spans its full queue had to drop."""
+
+    def __init__(self, exporter: CountingSpanExporter) -> None:
+        super().__init__(exporter)
+        self.exporter = exporter
+        #: Spans dropped because the queue was full (the exporter could not keep up).
+        self.queue_dropped = 0
+
+    def on_end(self, span: ReadableSpan) -> None:
+        # The SDK drops the oldest span without a count when its queue is full; peek first.
+        # (Its internals may change: then this counts nothing and drops stay uncounted.)
+        queue = getattr(getattr(self, "_batch_processor", None), "_queue", None)
+        if queue is not None and queue.maxlen is not None and len(queue) >= queue.maxlen:
+            self.queue_dropped += 1
+        super().on_end(span)
+
+
 @dataclass
 class Telemetry:
     """The providers ``configure`` made; ``shutdown()`` ends open work and flushes."""
 
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
-    span_exporters: list[CountingSpanExporter] = field(default_factory=list)
+    span_processors: list[CountingBatchSpanProcessor] = field(default_factory=list)
     _shut_down: bool = False
 
     @property
     def spans_dropped(self) -> int:
-        """Spans that could not be exported (backend down, rejected)."""
-        return sum(exporter.dropped for exporter in self.span_exporters)
+        """Spans that will never be exported: export failed, or the queue was full."""
+        return sum(p.exporter.dropped + p.queue_dropped for p in self.span_processors)
 
     @property
     def spans_exported(self) -> int:
-        return sum(exporter.exported for exporter in self.span_exporters)
+        return sum(p.exporter.exported for p in self.span_processors)
 
     def force_flush(self, timeout_millis: int = 10_000) -> bool:
         traces = self.tracer_provider.force_flush(timeout_millis)
         return self.meter_provider.force_flush(timeout_millis) and traces
 
-    def shutdown(self) -> None:
-        """End open work as abandoned, then flush and stop both providers (once)."""
+    def shutdown(self, timeout: float = 5.0) -> bool:
+        """End open work as abandoned, then flush and stop both providers (once).
+
+        Returns within ``timeout`` seconds even when the backend is down (an exporter
+        retrying would otherwise hold the process at exit); False if the flush had not
+        finished by then, and what was not exported then is lost.
+        """
         if self._shut_down:
-            return
+            return True
         self._shut_down = True
         atexit.unregister(self.shutdown)
         abandon_open_work()
-        self.tracer_provider.shutdown()
-        self.meter_provider.shutdown()
+
+        def stop() -> None:
+            self.tracer_provider.shutdown()
+            self.meter_provider.shutdown()
+
+        worker = threading.Thread(target=stop, name="otel-events-shutdown", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        return not worker.is_alive()
 
 
 def _env_list(name: str, default: str) -> list[str]:
@@ -167,20 +197,21 @@ def configure(
     # The SDK's own exit hooks would flush before open turns are ended as abandoned;
     # Telemetry.shutdown does both, in that order, at exit.
     tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-    counted: list[CountingSpanExporter] = []
+    exporters: list[CountingSpanExporter] = []
     kinds = [traces_exporter.lower()] if traces_exporter else _env_list(
         "OTEL_TRACES_EXPORTER", "otlp")
     for kind in kinds:
         exporter = _exporter("traces", kind, endpoint, protocol, headers)
         if exporter is not None:
-            counted.append(CountingSpanExporter(exporter))
+            exporters.append(CountingSpanExporter(exporter))
     if traces_file is not None:
         from opentelemetry.exporter.otlp.json.file import FileSpanExporter
 
         Path(traces_file).parent.mkdir(parents=True, exist_ok=True)
-        counted.append(CountingSpanExporter(FileSpanExporter(str(traces_file))))
-    for exporter in counted:
-        tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+        exporters.append(CountingSpanExporter(FileSpanExporter(str(traces_file))))
+    processors = [CountingBatchSpanProcessor(exporter) for exporter in exporters]
+    for processor in processors:
+        tracer_provider.add_span_processor(processor)
 
     readers: list[MetricReader] = []
     kinds = [metrics_exporter.lower()] if metrics_exporter else _env_list(
@@ -202,6 +233,6 @@ def configure(
             metrics.set_meter_provider(meter_provider)
         else:
             _log.warning("a global meter provider is already set; leaving it in place")
-    telemetry = Telemetry(tracer_provider, meter_provider, counted)
+    telemetry = Telemetry(tracer_provider, meter_provider, processors)
     atexit.register(telemetry.shutdown)
     return telemetry

@@ -57,10 +57,10 @@ def test_exporter_selection_from_variables(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
     telemetry = otel_events.configure(set_global=False)
-    assert [type(e.inner) for e in telemetry.span_exporters] == [ConsoleSpanExporter]
+    assert [type(p.exporter.inner) for p in telemetry.span_processors] == [ConsoleSpanExporter]
     telemetry.shutdown()
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
-    assert otel_events.configure(set_global=False).span_exporters == []
+    assert otel_events.configure(set_global=False).span_processors == []
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
     with pytest.raises(ValueError, match="zipkin"):
         otel_events.configure(set_global=False)
@@ -79,6 +79,30 @@ def test_unreachable_backend_drops_with_a_count_and_never_raises(
     telemetry.force_flush(timeout_millis=30_000)
     assert telemetry.spans_dropped == 1 and telemetry.spans_exported == 0
     telemetry.shutdown()
+
+
+def test_full_queue_drops_are_counted_and_shutdown_is_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "16")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "8")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "30")  # an exporter that keeps retrying
+    telemetry = otel_events.configure(endpoint="http://127.0.0.1:9", protocol="http/protobuf",
+                                      metrics_exporter="none", set_global=False)
+    emitter = EventEmitter("t", tracer_provider=telemetry.tracer_provider)
+    for _ in range(100):
+        with emitter.turn():
+            pass
+    # 100 spans into a queue of 16 whose exporter is stuck retrying: most overflow.
+    queue_dropped = sum(p.queue_dropped for p in telemetry.span_processors)
+    assert 100 - 16 - 8 <= queue_dropped <= 100 - 16
+    assert telemetry.spans_dropped >= queue_dropped
+    started = time.monotonic()
+    finished = telemetry.shutdown(timeout=1.0)
+    waited = time.monotonic() - started
+    assert not finished and waited < 5  # bounded, though the exporter was still retrying
+    emitter.close()
 
 
 def test_traces_file_writes_otlp_json(tmp_path: object) -> None:
