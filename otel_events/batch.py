@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -32,9 +33,10 @@ class UnsupportedMediaType(ValueError):
 
 @dataclass(slots=True)
 class ParsedBatch:
-    """Events in body order, each with its line number and de-duplication digest."""
+    """Events in body order: line number, typed event, de-duplication digest, and the
+    validated object as sent."""
 
-    events: list[tuple[int, Event, int]] = field(default_factory=list)
+    events: list[tuple[int, Event, int, dict[str, Any]]] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -69,7 +71,7 @@ def _check(line: int, value: object, thread_id: str, batch: ParsedBatch) -> None
         return
     # The same line sent again (a retry) has the same canonical form.
     digest = hash(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
-    batch.events.append((line, event, digest))
+    batch.events.append((line, event, digest, value))
 
 
 def parse_batch(body: bytes, media_type: str, thread_id: str) -> ParsedBatch:

@@ -268,8 +268,8 @@ def create_app(settings: BridgeSettings | None = None,
                 thread = registry.get_or_create(thread_id)
             except TooManyThreads as exc:
                 raise HTTPException(503, str(exc)) from None
-            for _, event, digest in batch.events:
-                seq = thread.publish(event, digest)
+            for _, event, digest, raw in batch.events:
+                seq = thread.publish(event, digest, raw)
                 if seq is None:
                     duplicates += 1
                 else:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from typing import Any
+
+import orjson
 
 from otel_events.broker import EventLog
 from otel_events.protocol import Event, encode_event
@@ -49,11 +52,14 @@ class BridgeThread:
         # for exactly that range (all readers that are caught up do).
         self._chunk: tuple[int, int, bytes] | None = None
 
-    def publish(self, event: Event, digest: int | None = None) -> int | None:
+    def publish(self, event: Event, digest: int | None = None,
+                raw: dict[str, Any] | None = None) -> int | None:
         """Number, encode and append one event; ``None`` if it was already accepted.
 
         ``digest`` identifies the producer's line (with the producer's ``seq``) for
         de-duplication; events without a producer ``seq`` are never de-duplicated.
+        ``raw`` is the validated event as the producer sent it: encoding that (with the
+        bridge's seq) is several times cheaper than serialising the model again.
         """
         producer_seq = event.seq
         if producer_seq is not None and digest is not None:
@@ -66,10 +72,17 @@ class BridgeThread:
                 del seen[next(iter(seen))]
         log = self.log
         seq = log.next_seq
-        event.seq = seq
-        if event.thread_id is None:
-            event.thread_id = self.thread_id
-        data = encode_event(event)
+        if raw is not None:
+            body = dict(raw)
+            if body.get("thread_id") is None:
+                body["thread_id"] = self.thread_id
+            body["seq"] = seq
+            data = orjson.dumps(body)
+        else:
+            event.seq = seq
+            if event.thread_id is None:
+                event.thread_id = self.thread_id
+            data = encode_event(event)
         log.append(event.type, data, frame=frame(seq, event.type, data))
         self.snapshot.apply(event, seq)
         self.last_active = time.monotonic()

@@ -1,0 +1,366 @@
+"""Bridge fan-out, latency and memory, each beside two baselines measured in the same run.
+
+Variants (each in its own uvicorn server process, clients in another process):
+
+* ``bridge``: ``otel_events.bridge.create_app``; events published in-process through the
+  same call the ingest endpoint makes after parsing (``BridgeThread.publish``).
+* ``sse-starlette``: the plain pattern: an ``EventSourceResponse`` per client reading an
+  (unbounded) ``asyncio.Queue`` of events and serialising each one (``ServerSentEvent``).
+* ``bare``: a ``StreamingResponse`` per client reading a queue of frames encoded once by
+  the publisher, one write per frame: the ceiling the issue names.
+* ``bare-batched``: the same, but each wake-up writes every queued frame in one write (the
+  bridge's strategy; the ceiling for batched writes).
+
+Figures are printed as ratios to the baselines; nothing here is asserted.
+Run: ``python benchmarks/bench_bridge.py`` (about two minutes).
+"""
+
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from multiprocessing.connection import Connection
+from typing import Any
+
+import orjson
+
+VARIANTS = ("bridge", "sse-starlette", "bare", "bare-batched")
+THREAD = "bench"
+ITEM = b"event: item.completed"
+END = b"event: turn.completed"
+_SENT_NS = re.compile(rb'"sent_ns":(\d+)')
+
+
+def make_event(n: int, kind: str = "item.completed") -> dict[str, Any]:
+    """A realistic event of about 350 bytes."""
+    return {"type": kind, "thread_id": THREAD, "turn_id": "turn_1", "seq": n,
+            "timestamp": "2026-11-25T10:00:00.000000Z",
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7",
+            "item": {"id": f"item_{n}", "type": "command_execution",
+                     "description": "run the test suite of the parser module",
+                     "status": "completed", "started_at": "2026-11-25T10:00:00.000000Z",
+                     "completed_at": "2026-11-25T10:00:01.000000Z", "duration_ms": 1000.0}}
+
+
+# -- the server side -------------------------------------------------------------------
+
+
+def build_app(variant: str, retention: int) -> Any:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import StreamingResponse
+    from sse_starlette import EventSourceResponse, ServerSentEvent
+
+    from otel_events.bridge import BridgeSettings, create_app
+    from otel_events.protocol import parse_event
+
+    queues: set[asyncio.Queue[Any]] = set()
+    if variant == "bridge":
+        app = create_app(BridgeSettings(retention_count=retention, retention_age=None,
+                                        send_timeout=None))
+        registry = app.state.registry
+    else:
+        app = FastAPI()
+    # Each run reads its own bridge thread: a client without a cursor replays what the
+    # thread retains, which must not be the previous run's events.
+    current = {"thread": THREAD}
+
+    def readers() -> int:
+        if variant != "bridge":
+            return len(queues)
+        thread = registry.get(current["thread"])
+        return 0 if thread is None else int(thread.readers)
+
+    async def subscribe() -> AsyncIterator[Any]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        queues.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            queues.discard(queue)
+
+    async def plain_stream() -> AsyncIterator[ServerSentEvent]:
+        async for seq, event in subscribe():
+            yield ServerSentEvent(data=orjson.dumps(event).decode(), id=str(seq),
+                                  event=event["type"])
+
+    async def bare_stream() -> AsyncIterator[bytes]:
+        async for frame in subscribe():
+            yield frame
+
+    async def batched_stream() -> AsyncIterator[bytes]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        queues.add(queue)
+        try:
+            while True:
+                frames = [await queue.get()]
+                while not queue.empty():
+                    frames.append(queue.get_nowait())
+                yield b"".join(frames)
+        finally:
+            queues.discard(queue)
+
+    if variant == "sse-starlette":
+        @app.get("/events")
+        async def plain() -> EventSourceResponse:
+            return EventSourceResponse(plain_stream())
+    elif variant == "bare":
+        @app.get("/events")
+        async def bare() -> StreamingResponse:
+            return StreamingResponse(bare_stream(), media_type="text/event-stream")
+    elif variant == "bare-batched":
+        @app.get("/events")
+        async def batched() -> StreamingResponse:
+            return StreamingResponse(batched_stream(), media_type="text/event-stream")
+
+    def publish_one(n: int, event: dict[str, Any]) -> None:
+        if variant == "bridge":
+            event["thread_id"] = current["thread"]
+            registry.get_or_create(current["thread"]).publish(parse_event(event))
+        elif variant == "sse-starlette":
+            for queue in queues:
+                queue.put_nowait((n, event))
+        else:
+            data = orjson.dumps(event)
+            frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (n, event["type"].encode(), data)
+            for queue in queues:
+                queue.put_nowait(frame)
+
+    async def publisher(count: int, interval: float) -> None:
+        chunk = 100 if interval == 0 else 1
+        for start in range(1, count + 1, chunk):
+            for n in range(start, min(start + chunk, count + 1)):
+                kind = "turn.completed" if n == count else "item.completed"
+                event = make_event(n, kind)
+                if interval:
+                    event["sent_ns"] = time.time_ns()
+                publish_one(n, event)
+            await asyncio.sleep(interval)
+
+    @app.get("/bench/readers")
+    async def bench_readers(thread: str = THREAD) -> dict[str, int]:
+        current["thread"] = thread
+        return {"readers": readers()}
+
+    @app.post("/bench/publish")
+    async def bench_publish(request: Request) -> dict[str, str]:
+        args = await request.json()
+        app.state.publisher = asyncio.create_task(
+            publisher(args["count"], args.get("interval", 0.0)))
+        return {"status": "started"}
+
+    return app
+
+
+def serve(variant: str, port: int, retention: int) -> None:
+    import uvicorn
+
+    uvicorn.run(build_app(variant, retention), host="127.0.0.1", port=port,
+                log_level="warning", access_log=False)
+
+
+class Server:
+    def __init__(self, variant: str, retention: int) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.variant = variant
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", variant, "--port", str(self.port),
+             "--retention", str(retention)])
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"{variant} server did not start") from None
+                time.sleep(0.05)
+
+    def path(self) -> str:
+        """The stream of a new thread (for the bridge; the baselines have one stream)."""
+        self.runs = getattr(self, "runs", 0) + 1
+        return f"/v1/threads/run-{self.runs}/events" if self.variant == "bridge" else "/events"
+
+    def rss(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# -- the client side -------------------------------------------------------------------
+
+
+async def _request(port: int, method: str, path: str, body: bytes = b"") -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"{method} {path} HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+    data = await reader.read()
+    writer.close()
+    return data.split(b"\r\n\r\n", 1)[1]
+
+
+async def _wait_readers(port: int, count: int, path: str) -> None:
+    thread = path.split("/")[3] if path.startswith("/v1/") else THREAD
+    while True:
+        body = await _request(port, "GET", f"/bench/readers?thread={thread}")
+        # Chunked or not, the JSON object is in there.
+        found = re.search(rb'"readers":(\d+)', body)
+        if found and int(found.group(1)) >= count:
+            return
+        await asyncio.sleep(0.02)
+
+
+async def _open_stream(port: int, path: str, rcvbuf: int | None = None
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: b\r\n\r\n".encode())
+    return reader, writer
+
+
+async def _consume(reader: asyncio.StreamReader, latencies: list[int] | None) -> int:
+    count, tail = 0, b""
+    while True:
+        chunk = await reader.read(1 << 20)
+        if not chunk:
+            raise RuntimeError("stream ended early")
+        now = time.time_ns()
+        data = tail + chunk
+        count += data.count(ITEM) - tail.count(ITEM)
+        if latencies is not None:
+            latencies.extend(now - int(m) for m in _SENT_NS.findall(chunk))
+        if END in data:
+            return count + 1
+        tail = data[-40:]
+
+
+async def _fan_out(port: int, path: str, clients: int, count: int,
+                   interval: float) -> tuple[float, int, list[int]]:
+    streams = [await _open_stream(port, path) for _ in range(clients)]
+    await _wait_readers(port, clients, path)
+    latencies: list[int] = []
+    start = time.perf_counter()
+    await _request(port, "POST", "/bench/publish",
+                   orjson.dumps({"count": count, "interval": interval}))
+    counts = await asyncio.wait_for(asyncio.gather(
+        *(_consume(r, latencies if interval else None) for r, _ in streams)), 120)
+    elapsed = time.perf_counter() - start
+    for _, writer in streams:
+        writer.close()
+    return elapsed, min(counts), latencies
+
+
+def _client(conn: Connection, *args: Any) -> None:
+    conn.send(asyncio.run(_fan_out(*args)))
+
+
+def run_clients(port: int, path: str, clients: int, count: int,
+                interval: float = 0.0) -> tuple[float, int, list[int]]:
+    parent, child = mp.Pipe()
+    proc = mp.Process(target=_client, args=(child, port, path, clients, count, interval))
+    proc.start()
+    result: tuple[float, int, list[int]] = parent.recv()
+    proc.join()
+    return result
+
+
+async def _stalled(port: int, path: str, count: int, rss: Any) -> tuple[int, int]:
+    # The stalled client connects with a small receive buffer and never reads.
+    stalled = await _open_stream(port, path, rcvbuf=4096)
+    reader, writer = await _open_stream(port, path)
+    await _wait_readers(port, 2, path)
+    before = rss()
+    await _request(port, "POST", "/bench/publish",
+                   orjson.dumps({"count": count, "interval": 0.0}))
+    received = await asyncio.wait_for(_consume(reader, None), 120)
+    after = rss()
+    writer.close()
+    stalled[1].close()
+    return after - before, received
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+def main() -> None:
+    counts = {1: 20_000, 10: 5_000, 100: 1_000}
+    repeats = 3
+    throughput: dict[tuple[str, int], float] = {}
+    latency: dict[str, tuple[float, float]] = {}
+    memory: dict[str, tuple[int, int]] = {}
+    for variant in VARIANTS:
+        server = Server(variant, retention=32_768)
+        try:
+            for clients, count in counts.items():
+                rates = []
+                for _ in range(repeats):
+                    elapsed, got, _ = run_clients(server.port, server.path(), clients, count)
+                    assert got == count, f"{variant}: a client got {got} of {count}"
+                    rates.append(clients * count / elapsed)
+                throughput[variant, clients] = statistics.median(rates)
+            _, _, lat = run_clients(server.port, server.path(), 10, 1000, interval=0.002)
+            lat.sort()
+            latency[variant] = (lat[len(lat) // 2] / 1e6, lat[int(len(lat) * 0.99)] / 1e6)
+        finally:
+            server.stop()
+        server = Server(variant, retention=4096)
+        try:
+            grown, got = asyncio.run(_stalled(server.port, server.path(), 100_000, server.rss))
+            memory[variant] = (grown, got)
+        finally:
+            server.stop()
+
+    print(f"\nFan-out throughput (event deliveries/s, median of {repeats}), "
+          f"{os.cpu_count()} CPUs, clients in one other process")
+    print(f"{'subscribers':>11} " + " ".join(f"{v:>14}" for v in VARIANTS)
+          + "   bridge/sse-starlette  bridge/bare  bridge/bare-batched")
+    for clients in counts:
+        row = [throughput[v, clients] for v in VARIANTS]
+        print(f"{clients:>11} " + " ".join(f"{r:>14,.0f}" for r in row)
+              + f"   {row[0] / row[1]:>20.2f}x {row[0] / row[2]:>11.2f}x"
+              f" {row[0] / row[3]:>19.2f}x")
+    print("\nPublish-to-receipt latency, 10 subscribers, one event every 2 ms (ms)")
+    base = latency["sse-starlette"]
+    for variant in VARIANTS:
+        p50, p99 = latency[variant]
+        print(f"  {variant:>13}: p50 {p50:6.2f}  p99 {p99:6.2f}"
+              f"   (p99 / sse-starlette's: {p99 / base[1]:.2f}x)")
+    print("\nServer RSS growth while 100,000 events flow past one stalled subscriber "
+          "(one other subscriber reading)")
+    for variant in VARIANTS:
+        grown, got = memory[variant]
+        print(f"  {variant:>13}: {grown / 2**20:8.1f} MiB   (reader got {got:,} events)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--retention", type=int, default=4096)
+    options = parser.parse_args()
+    if options.serve:
+        serve(options.serve, options.port, options.retention)
+    else:
+        main()
