@@ -2,8 +2,9 @@
 
 Variants (each in its own uvicorn server process, clients in another process):
 
-* ``bridge``: ``otel_events.bridge.create_app``; events published in-process through the
-  same call the ingest endpoint makes after parsing (``BridgeThread.publish``).
+* ``bridge``: ``otel_events.bridge.create_app``; each event goes in-process through what
+  the ingest endpoint does with a body (``parse_batch``: JSON, checks, validation; then
+  ``BridgeThread.publish``: numbering, encoding, framing, state fold), minus HTTP.
 * ``sse-starlette``: the plain pattern: an ``EventSourceResponse`` per client reading an
   (unbounded) ``asyncio.Queue`` of events and serialising each one (``ServerSentEvent``).
 * ``bare``: a ``StreamingResponse`` per client reading a queue of frames encoded once by
@@ -58,8 +59,8 @@ def build_app(variant: str, retention: int) -> Any:
     from fastapi.responses import StreamingResponse
     from sse_starlette import EventSourceResponse, ServerSentEvent
 
+    from otel_events.batch import parse_batch
     from otel_events.bridge import BridgeSettings, create_app
-    from otel_events.protocol import parse_event
 
     queues: set[asyncio.Queue[Any]] = set()
     if variant == "bridge":
@@ -123,8 +124,12 @@ def build_app(variant: str, retention: int) -> Any:
 
     def publish_one(n: int, event: dict[str, Any]) -> None:
         if variant == "bridge":
+            # What the ingest endpoint does with a line once it has the body.
             event["thread_id"] = current["thread"]
-            registry.get_or_create(current["thread"]).publish(parse_event(event))
+            thread = registry.get_or_create(current["thread"])
+            batch = parse_batch(orjson.dumps(event), "application/x-ndjson", thread.thread_id)
+            for _, parsed, digest, raw in batch.events:
+                thread.publish(parsed, digest, raw)
         elif variant == "sse-starlette":
             for queue in queues:
                 queue.put_nowait((n, event))

@@ -228,9 +228,13 @@ class EventLog:
             owner = threading.get_ident()
 
             def wake(fut: asyncio.Future[None] = fut) -> None:
+                if loop.is_closed():
+                    return
                 if threading.get_ident() == owner:
-                    loop.call_soon(_resolve, fut)
-                elif not loop.is_closed():
+                    # The publisher runs in this loop: resolving now (its callbacks are
+                    # still only scheduled) saves every reader one loop iteration.
+                    _resolve(fut)
+                else:
                     loop.call_soon_threadsafe(_resolve, fut)
 
             self._waiters.append(wake)
