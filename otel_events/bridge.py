@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from otel_events import __version__
 from otel_events.batch import NDJSON_TYPES, UnsupportedMediaType, parse_batch
-from otel_events.sse import event_stream
+from otel_events.sse import SlowClientResponse, event_stream
 from otel_events.threads import THREAD_ID_PATTERN, ThreadRegistry, TooManyThreads
 
 __all__ = ["BridgeSettings", "bridge_command", "create_app", "create_server"]
@@ -297,7 +297,7 @@ def create_app(settings: BridgeSettings | None = None,
             ge=0, description="Resume after this seq (for clients that cannot set "
                               "the Last-Event-ID header).")] = None,
         last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    ) -> EventSourceResponse:
+    ) -> SlowClientResponse:
         """The thread's events: retained ones first (or those after the cursor), then live.
 
         A cursor older than what is retained, or unknown to this bridge, first gets a
@@ -310,7 +310,7 @@ def create_app(settings: BridgeSettings | None = None,
             thread = registry.get_or_create(thread_id)
         except TooManyThreads as exc:
             raise HTTPException(503, str(exc)) from None
-        return EventSourceResponse(
+        return SlowClientResponse(
             event_stream(thread, cursor, settings.retry_ms, settings.batch),
             ping=settings.heartbeat,
             ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),

@@ -12,13 +12,19 @@ gap) is an event without an id.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import orjson
+from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Receive, Scope, Send
 
 from otel_events.threads import BridgeThread
 
-__all__ = ["RESET_EVENT", "event_stream", "reset_frame"]
+__all__ = ["RESET_EVENT", "SlowClientResponse", "event_stream", "reset_frame"]
+
+_log = logging.getLogger(__name__)
 
 RESET_EVENT = "reset"
 
@@ -89,3 +95,20 @@ async def event_stream(
             await log.wait(cursor)
     finally:
         thread.reader_left()
+
+
+class SlowClientResponse(EventSourceResponse):
+    """An ``EventSourceResponse`` that drops a client too slow to take a write in time.
+
+    sse-starlette raises ``SendTimeoutError`` out of the application then, which servers
+    log as a crash with a traceback; a slow client is an expected event, logged in one
+    line. The client can resume with its Last-Event-ID.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            client = scope.get("client")
+            _log.warning("SSE client %s did not take a write within %ss: disconnected",
+                         f"{client[0]}:{client[1]}" if client else "?", self.send_timeout)

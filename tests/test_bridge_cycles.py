@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
+
+import pytest
 
 from otel_events.protocol import parse_event
 from otel_events.sse import event_stream
@@ -140,3 +143,22 @@ def test_thread_count_is_bounded() -> None:
         assert "2 threads" in str(exc)
     else:
         raise AssertionError("a third thread was created")
+
+
+def test_a_stalled_client_is_disconnected_after_the_send_timeout(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with running_bridge(send_timeout=0.5) as bridge:
+        port = int(bridge.url.rsplit(":", 1)[1])
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", port))
+        stalled.sendall(b"GET /v1/threads/th/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: bridge.registry.get("th") and bridge.thread_state("th").readers == 1)
+        big = [{"type": "item.completed", "item": {"id": f"i{n}", "type": "x",
+                                                   "text": "y" * 2000}} for n in range(2000)]
+        for start in range(0, len(big), 200):  # far more than the socket buffers hold
+            bridge.post("th", big[start:start + 200])
+        wait_for(lambda: bridge.thread_state("th").readers == 0, what="the stalled reader dropped")
+        stalled.close()
+    assert "did not take a write" in caplog.text
+    assert "Traceback" not in caplog.text

@@ -30,12 +30,18 @@ TIMEOUT_MS = 10_000
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists() and shutil.which("chromium") is None:
-        reason = f"Debian's chromium is not installed ({CHROMIUM}); run scripts/install-servers.sh"
+    def missing(reason: str) -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{reason} (CI=true: a missing browser is a failure)", pytrace=False)
         pytest.skip(reason)
-    sync_api = pytest.importorskip("playwright.sync_api")
+
+    if not CHROMIUM.exists() and shutil.which("chromium") is None:
+        missing(f"Debian's chromium is not installed ({CHROMIUM}); "
+                "run scripts/install-servers.sh")
+    try:
+        import playwright.sync_api as sync_api
+    except ImportError:
+        missing("Playwright's Python package is not installed (pip install -e '.[dev]')")
     executable = CHROMIUM if CHROMIUM.exists() else Path(shutil.which("chromium") or "")
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(executable), args=ARGS)
