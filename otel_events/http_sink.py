@@ -73,6 +73,9 @@ class HttpSink:
     # -- the Sink protocol -------------------------------------------------------
 
     def start(self, log: EventLog) -> None:
+        if self._thread is not None:
+            # Its counters and thread id belong to one emitter: give each its own sink.
+            raise RuntimeError("an HttpSink serves one emitter; it is started already")
         self._log = log
         self._thread = threading.Thread(target=self._run, args=(log, log.next_seq),
                                         name="otel-events-http", daemon=True)
