@@ -114,7 +114,10 @@ class EventLog:
                frame: bytes | None = None) -> Entry:
         """Add the event with seq ``next_seq`` (already encoded in ``json``, and ``frame``)."""
         seq = self.next_seq
-        entry = Entry(seq, type, json, time.monotonic() if now is None else now, frame)
+        if now is None:
+            # Only age-bounded logs (the bridge's) need the time of each event.
+            now = time.monotonic() if self.max_age is not None else 0.0
+        entry = Entry(seq, type, json, now, frame)
         slot = seq % self.capacity
         old = self._ring[slot]
         if old is not None:

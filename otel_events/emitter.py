@@ -203,7 +203,12 @@ class Item(_Scope):
             emitter._tracer, parent_context, self.id, self.type, self.description, name,
             self.parent_id, self.started_ns,
         )
-        self.trace_id, self.span_id = _hex_ids(self.span)
+        if turn is not None and turn.trace_id is not None:
+            # Same trace as its turn: only the span id needs formatting.
+            self.trace_id = turn.trace_id
+            self.span_id = format(self.span.get_span_context().span_id, "016x")
+        else:
+            self.trace_id, self.span_id = _hex_ids(self.span)
         self.started_at = emitter._clock.format(self.started_ns)
         item: dict[str, Any] = {"id": self.id, "type": self.type,
                                 "description": self.description, "status": "in_progress"}
@@ -538,26 +543,26 @@ class EventEmitter:
         """Stamp, encode once and append to the log. The only place events are made."""
         if timestamp is None:
             timestamp = self._clock.format(time.time_ns())
-        body: dict[str, Any] = {"type": kind, "thread_id": self.thread_id}
-        if scope is not None and scope.turn_id is not None:
-            body["turn_id"] = scope.turn_id
-        body["seq"] = 0
-        body["timestamp"] = timestamp
-        if scope is not None and scope.trace_id is not None:
-            body["trace_id"] = scope.trace_id
-            body["span_id"] = scope.span_id
-        body.update(payload)
+        log = self.log
         with self._lock:
             if not self._started:
                 self._started = True
-                self._append({"type": "thread.started", "thread_id": self.thread_id,
-                              "seq": 0, "timestamp": timestamp})
-            return self._append(body)
-
-    def _append(self, body: dict[str, Any]) -> Entry:
-        log = self.log
-        body["seq"] = log.next_seq
-        return log.append(body["type"], orjson.dumps(body))
+                log.append("thread.started", orjson.dumps({
+                    "type": "thread.started", "thread_id": self.thread_id,
+                    "seq": log.next_seq, "timestamp": timestamp}))
+            if scope is None:
+                body = {"type": kind, "thread_id": self.thread_id, "seq": log.next_seq,
+                        "timestamp": timestamp, **payload}
+            else:
+                body = {"type": kind, "thread_id": self.thread_id, "turn_id": scope.turn_id,
+                        "seq": log.next_seq, "timestamp": timestamp,
+                        "trace_id": scope.trace_id, "span_id": scope.span_id, **payload}
+                # Rare: an item outside any turn, or a tracer that records nothing.
+                if scope.turn_id is None:
+                    del body["turn_id"]
+                if scope.trace_id is None:
+                    del body["trace_id"], body["span_id"]
+            return log.append(kind, orjson.dumps(body))
 
 
 _live: weakref.WeakSet[EventEmitter] = weakref.WeakSet()

@@ -25,6 +25,8 @@ class AgentMetrics:
     """The instruments, created once per meter."""
 
     def __init__(self, meter: Meter) -> None:
+        self._item_cache: dict[tuple[str, str, str | None, str, str | None],
+                               tuple[dict[str, str], dict[str, str] | None]] = {}
         self.invoke_agent_duration = meter.create_histogram(
             "gen_ai.invoke_agent.duration", unit="s",
             description="Duration of agent turns.",
@@ -69,6 +71,26 @@ class AgentMetrics:
         if output_tokens:
             self.token_usage.record(output_tokens, {**attributes, "gen_ai.token.type": "output"})
 
+    def _item_attributes(self, item_type: str, status: str, operation: str | None,
+                         tool_name: str, error_type: str | None) -> tuple[
+                             dict[str, str], dict[str, str] | None]:
+        # Few distinct combinations, recorded often: build each attribute set once.
+        key = (item_type, status, operation, tool_name, error_type)
+        cached = self._item_cache.get(key)
+        if cached is None:
+            attributes = {"otel_events.item.type": item_type, "otel_events.item.status": status}
+            tool: dict[str, str] | None = None
+            if operation == "execute_tool":
+                tool = {"gen_ai.operation.name": operation, "gen_ai.tool.name": tool_name}
+            if error_type is not None:
+                attributes["error.type"] = error_type
+                if tool is not None:
+                    tool["error.type"] = error_type
+            if len(self._item_cache) >= 4096:  # bounded, whatever the item types
+                self._item_cache.clear()
+            cached = self._item_cache[key] = (attributes, tool)
+        return cached
+
     def record_item(
         self,
         item_type: str,
@@ -78,12 +100,8 @@ class AgentMetrics:
         tool_name: str,
         error_type: str | None,
     ) -> None:
-        attributes = {"otel_events.item.type": item_type, "otel_events.item.status": status}
-        if error_type is not None:
-            attributes["error.type"] = error_type
+        attributes, tool = self._item_attributes(item_type, status, operation, tool_name,
+                                                 error_type)
         self.item_duration.record(seconds, attributes)
-        if operation == "execute_tool":
-            tool = {"gen_ai.operation.name": operation, "gen_ai.tool.name": tool_name}
-            if error_type is not None:
-                tool["error.type"] = error_type
+        if tool is not None:
             self.execute_tool_duration.record(seconds, tool)
