@@ -31,7 +31,7 @@ import typer
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -325,12 +325,12 @@ def create_app(settings: BridgeSettings | None = None,
 
     @app.get("/v1/threads/{thread_id}", tags=["v1"],
              responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}})
-    async def thread_state(thread_id: ThreadId) -> dict[str, Any]:
+    async def thread_state(thread_id: ThreadId) -> Response:
         """One thread's state: turns, items, statuses, durations, token usage."""
         thread = registry.get(thread_id)
         if thread is None:
             raise HTTPException(404, "no such thread")
-        return thread.snapshot.to_dict()
+        return Response(thread.snapshot_json(), media_type="application/json")
 
     app.mount("/static", StaticFiles(directory=_STATIC), name="static")
     if settings.token is not None:

@@ -124,7 +124,7 @@ class TurnState:
 class ThreadSnapshot:
     """Folds one thread's events, in seq order, into its current state."""
 
-    def __init__(self, thread_id: str, max_turns: int = 50, max_items: int = 500) -> None:
+    def __init__(self, thread_id: str, max_turns: int = 20, max_items: int = 200) -> None:
         self.thread_id = thread_id
         self.max_turns = max_turns
         self.max_items = max_items

@@ -37,10 +37,12 @@ HISTORY_EXPIRED = "history_expired"
 
 def reset_frame(thread: BridgeThread, reason: str) -> tuple[bytes, int]:
     """The ``reset`` message with the thread's state, and the cursor right after it."""
-    snapshot = thread.snapshot
-    body = {"type": RESET_EVENT, "thread_id": thread.thread_id, "seq": snapshot.seq,
-            "reason": reason, "snapshot": snapshot.to_dict()}
-    return b"event: reset\ndata: " + orjson.dumps(body) + b"\n\n", snapshot.seq + 1
+    seq = thread.snapshot.seq
+    head = orjson.dumps({"type": RESET_EVENT, "thread_id": thread.thread_id, "seq": seq,
+                         "reason": reason})
+    # The snapshot's JSON is made once per seq, however many clients reconnect at once.
+    data = head[:-1] + b',"snapshot":' + thread.snapshot_json() + b"}"
+    return b"event: reset\ndata: " + data + b"\n\n", seq + 1
 
 
 async def event_stream(

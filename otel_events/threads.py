@@ -39,7 +39,7 @@ class BridgeThread:
     """One thread as the bridge holds it: its log, its folded state, its readers."""
 
     def __init__(self, thread_id: str, capacity: int, max_age: float | None,
-                 dedup_window: int, max_turns: int = 50) -> None:
+                 dedup_window: int, max_turns: int = 20) -> None:
         self.thread_id = thread_id
         self.log = EventLog(capacity, max_age)
         self.snapshot = ThreadSnapshot(thread_id, max_turns=max_turns)
@@ -51,6 +51,7 @@ class BridgeThread:
         # The frames of one seq range, joined once and sent to every reader that asks
         # for exactly that range (all readers that are caught up do).
         self._chunk: tuple[int, int, bytes] | None = None
+        self._snapshot_json: tuple[int, bytes] | None = None
 
     def publish(self, event: Event, digest: int | None = None,
                 raw: dict[str, Any] | None = None) -> int | None:
@@ -88,6 +89,15 @@ class BridgeThread:
         self.last_active = time.monotonic()
         return seq
 
+    def snapshot_json(self) -> bytes:
+        """The folded state as JSON, encoded once per seq."""
+        seq = self.snapshot.seq
+        cached = self._snapshot_json
+        if cached is None or cached[0] != seq:
+            cached = (seq, orjson.dumps(self.snapshot.to_dict()))
+            self._snapshot_json = cached
+        return cached[1]
+
     def cached_chunk(self, start: int) -> tuple[int, bytes] | None:
         """``(end, frames)`` for seqs ``[start, end)`` if a reader already joined them."""
         cached = self._chunk
@@ -114,7 +124,7 @@ class ThreadRegistry:
         retention_age: float | None = None,
         idle_expiry: float | None = 3600.0,
         max_threads: int = 10_000,
-        max_turns: int = 50,
+        max_turns: int = 20,
     ) -> None:
         self.retention_count = retention_count
         self.retention_age = retention_age
