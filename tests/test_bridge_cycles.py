@@ -162,3 +162,13 @@ def test_a_stalled_client_is_disconnected_after_the_send_timeout(
         stalled.close()
     assert "did not take a write" in caplog.text
     assert "Traceback" not in caplog.text
+
+
+def test_the_snapshot_is_encoded_once_per_seq() -> None:
+    thread = _thread(capacity=8)
+    _publish(thread, turn_events("t1", 1))
+    first = thread.snapshot_json()
+    assert thread.snapshot_json() is first
+    _publish(thread, [{"type": "turn.started", "turn_id": "t2"}])
+    assert thread.snapshot_json() is not first
+    assert b'"running_turn":"t2"' in thread.snapshot_json()
