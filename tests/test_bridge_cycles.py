@@ -69,8 +69,9 @@ def _thread(capacity: int) -> BridgeThread:
 
 
 def _publish(thread: BridgeThread, events: list[dict[str, object]]) -> None:
+    # As the ingest endpoint does: the typed event, and the object as sent to encode.
     for event in events:
-        thread.publish(parse_event(event))
+        thread.publish(parse_event(event), None, dict(event))
 
 
 async def test_a_reader_that_fell_behind_gets_a_reset_then_goes_on() -> None:
@@ -172,3 +173,24 @@ def test_the_snapshot_is_encoded_once_per_seq() -> None:
     _publish(thread, [{"type": "turn.started", "turn_id": "t2"}])
     assert thread.snapshot_json() is not first
     assert b'"running_turn":"t2"' in thread.snapshot_json()
+
+
+def test_a_thread_holds_about_its_retained_bytes_and_no_more() -> None:
+    import tracemalloc
+
+    thread = _thread(capacity=512)
+    event = {"type": "item.completed", "item": {"id": "i", "type": "x", "text": "y" * 300}}
+    tracemalloc.start()
+    try:
+        _publish(thread, [event] * 2000)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    entry = thread.log.get(thread.log.next_seq - 1)
+    assert entry is not None and entry.frame is not None
+    assert entry.frame.endswith(entry.json + b"\n\n")
+    # JSON and frame of each retained event, with room for the objects around them;
+    # orjson's 4 KiB buffers would make this about 2 MiB.
+    per_event = len(entry.json) + len(entry.frame)
+    assert held < 512 * per_event * 2, f"{held} bytes for 512 events of {per_event}"
