@@ -46,7 +46,6 @@ from otel_events.threads import THREAD_ID_PATTERN, ThreadRegistry, TooManyThread
 
 __all__ = ["BridgeSettings", "bridge_command", "create_app", "create_server"]
 
-_log = logging.getLogger(__name__)
 _STATIC = Path(__file__).parent / "static"
 TOKEN_ENV = "OTEL_EVENTS_BRIDGE_TOKEN"
 # Parsing a big body (pydantic, per line) moves to a worker thread so it cannot hold up
@@ -268,7 +267,11 @@ def create_app(settings: BridgeSettings | None = None,
                 thread = registry.get_or_create(thread_id)
             except TooManyThreads as exc:
                 raise HTTPException(503, str(exc)) from None
-            for _, event, digest, raw in batch.events:
+            for index, (_, event, digest, raw) in enumerate(batch.events, 1):
+                if index % 500 == 0:
+                    # A big batch lets the streams run now and then (order is kept:
+                    # each event still gets the next seq).
+                    await asyncio.sleep(0)
                 seq = thread.publish(event, digest, raw)
                 if seq is None:
                     duplicates += 1

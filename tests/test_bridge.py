@@ -222,3 +222,14 @@ def test_thread_list_and_state(bridge: Bridge) -> None:
 def test_parse_block_reads_multi_line_data() -> None:
     message = parse_block("id: 3\nevent: x\ndata: a\ndata: b")
     assert (message.id, message.event, message.data) == ("3", "x", "a\nb")
+
+
+async def test_a_big_batch_arrives_whole_and_in_order(bridge: Bridge) -> None:
+    events = turn_events("t1", 1500)  # 3002 lines, parsed off the event loop
+    response = bridge.post("big", events)
+    assert response.status_code == 200
+    assert response.json()["accepted"] == len(events)
+    async with httpx.AsyncClient(base_url=bridge.url) as client:
+        got = await read_events(client, "/v1/threads/big/events", len(events))
+    assert ids(got) == list(range(1, len(events) + 1))
+    assert [m.json()["type"] for m in got] == [e["type"] for e in events]
