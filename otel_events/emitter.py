@@ -83,6 +83,12 @@ class _Clock:
         return f"{self._prefix}.{frac // 1000:06d}Z"
 
 
+def _encode(body: dict[str, Any]) -> bytes:
+    # orjson returns its result in a buffer of at least 4 KiB; the log holds thousands of
+    # events, so it keeps an exact-size copy (slicing off an appended newline makes one).
+    return orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)[:-1]
+
+
 def _hex_ids(span: Span) -> tuple[str | None, str | None]:
     ctx = span.get_span_context()
     if not ctx.is_valid:
@@ -547,7 +553,7 @@ class EventEmitter:
         with self._lock:
             if not self._started:
                 self._started = True
-                log.append("thread.started", orjson.dumps({
+                log.append("thread.started", _encode({
                     "type": "thread.started", "thread_id": self.thread_id,
                     "seq": log.next_seq, "timestamp": timestamp}))
             if scope is None:
@@ -562,7 +568,7 @@ class EventEmitter:
                     del body["turn_id"]
                 if scope.trace_id is None:
                     del body["trace_id"], body["span_id"]
-            return log.append(kind, orjson.dumps(body))
+            return log.append(kind, _encode(body))
 
 
 _live: weakref.WeakSet[EventEmitter] = weakref.WeakSet()

@@ -284,3 +284,22 @@ def test_work_left_open_at_process_exit_is_ended_as_abandoned(tmp_path: Any) -> 
     for span in spans:
         attributes = {a["key"]: a["value"] for a in span["attributes"]}
         assert attributes["error.type"] == {"stringValue": "abandoned"}
+
+
+def test_held_events_take_about_their_size_in_memory() -> None:
+    import tracemalloc
+
+    from opentelemetry.trace import NoOpTracerProvider
+
+    emitter = EventEmitter("t", "a", tracer_provider=NoOpTracerProvider())  # no spans held
+    turn = emitter.turn()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(500):
+        turn.item("reasoning", "think").complete()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    events = logged(emitter)[-1000:]
+    json_bytes = sum(len(orjson.dumps(e)) for e in events)
+    # 1000 events of ~450 bytes; orjson's 4 KiB result buffers would make this ~4 MiB.
+    assert held < 3 * json_bytes, (held, json_bytes)
