@@ -30,6 +30,7 @@ test: setup lint servers
 
 bench: setup
 	$(BIN)/python benchmarks/bench_emitter.py
+	$(BIN)/python benchmarks/bench_bridge.py
 
 clean:
 	rm -rf $(VENV) .cache out

@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 from otel_events.broker import Entry, EventLog, Subscription
 from otel_events.config import Telemetry, configure
 from otel_events.emitter import EventEmitter, Item, Turn
+from otel_events.http_sink import HttpSink
 from otel_events.protocol import (
     Event,
     EventType,
@@ -27,6 +28,7 @@ __all__ = [
     "EventEmitter",
     "EventLog",
     "EventType",
+    "HttpSink",
     "Item",
     "ItemStatus",
     "ItemType",

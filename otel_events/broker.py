@@ -234,9 +234,9 @@ class EventLog:
                 if loop.is_closed():
                     return
                 if threading.get_ident() == owner:
-                    # The publisher runs in this loop: resolving now (its callbacks are
-                    # still only scheduled) saves every reader one loop iteration.
-                    _resolve(fut)
+                    # Resolving here would schedule one callback per waiting reader inside
+                    # the publisher's call; one loop callback keeps publishing O(1).
+                    loop.call_soon(_resolve, fut)
                 else:
                     loop.call_soon_threadsafe(_resolve, fut)
 
