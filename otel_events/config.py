@@ -167,6 +167,14 @@ def _exporter(signal: str, kind: str, endpoint: str | None, protocol: str,
     return getattr(importlib.import_module(module), name)(endpoint=endpoint, headers=headers)
 
 
+def _exporters(signal: str, choice: str | None, endpoint: str | None, protocol: str,
+               headers: dict[str, str] | None) -> list[Any]:
+    """The exporters asked for by ``choice``, else by ``OTEL_{SIGNAL}_EXPORTER``."""
+    kinds = [choice.lower()] if choice else _env_list(f"OTEL_{signal.upper()}_EXPORTER", "otlp")
+    made = (_exporter(signal, kind, endpoint, protocol, headers) for kind in kinds)
+    return [exporter for exporter in made if exporter is not None]
+
+
 def configure(
     service_name: str | None = None,
     *,
@@ -197,13 +205,8 @@ def configure(
     # The SDK's own exit hooks would flush before open turns are ended as abandoned;
     # Telemetry.shutdown does both, in that order, at exit.
     tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-    exporters: list[CountingSpanExporter] = []
-    kinds = [traces_exporter.lower()] if traces_exporter else _env_list(
-        "OTEL_TRACES_EXPORTER", "otlp")
-    for kind in kinds:
-        exporter = _exporter("traces", kind, endpoint, protocol, headers)
-        if exporter is not None:
-            exporters.append(CountingSpanExporter(exporter))
+    exporters = [CountingSpanExporter(exporter) for exporter in _exporters(
+        "traces", traces_exporter, endpoint, protocol, headers)]
     if traces_file is not None:
         from opentelemetry.exporter.otlp.json.file import FileSpanExporter
 
@@ -213,14 +216,9 @@ def configure(
     for processor in processors:
         tracer_provider.add_span_processor(processor)
 
-    readers: list[MetricReader] = []
-    kinds = [metrics_exporter.lower()] if metrics_exporter else _env_list(
-        "OTEL_METRICS_EXPORTER", "otlp")
-    for kind in kinds:
-        metric_exporter = _exporter("metrics", kind, endpoint, protocol, headers)
-        if metric_exporter is not None:
-            readers.append(PeriodicExportingMetricReader(
-                metric_exporter, export_interval_millis=metric_export_interval_ms))
+    readers: list[MetricReader] = [
+        PeriodicExportingMetricReader(exporter, export_interval_millis=metric_export_interval_ms)
+        for exporter in _exporters("metrics", metrics_exporter, endpoint, protocol, headers)]
     meter_provider = MeterProvider(resource=resource, metric_readers=readers,
                                    shutdown_on_exit=False)
 
