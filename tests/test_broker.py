@@ -162,3 +162,22 @@ async def test_closed_subscription_ends_and_holds_nothing() -> None:
 def test_capacity_must_be_sane() -> None:
     with pytest.raises(ValueError, match="capacity"):
         EventLog(capacity=1)
+
+
+def test_reads_across_the_ring_boundary_and_detect_overwrites() -> None:
+    log = EventLog(capacity=8)
+    for _ in range(6):
+        put(log, "item.started")
+    entries, cursor, _, gap = log.read(1, limit=4)
+    assert [e.seq for e in entries] == [1, 2, 3, 4] and cursor == 5 and gap is None
+    for _ in range(6):
+        put(log, "item.started")  # seqs 7..12 wrap around the ring, overwriting 1..4
+    entries, cursor, _, gap = log.read(cursor)
+    assert [e.seq for e in entries] == list(range(5, 13)) and cursor == 13 and gap is None
+    for _ in range(8):
+        put(log, "item.completed")  # a full lap: the reader at 13 lost nothing yet
+    entries, _, _, gap = log.read(13, limit=3)
+    assert [e.seq for e in entries] == [13, 14, 15]
+    put(log, "item.completed")  # now seq 13 is gone
+    entries, _, _, gap = log.read(13)
+    assert entries == [] and gap is not None and gap.resume_seq == 14
