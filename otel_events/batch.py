@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from otel_events.protocol import Event, parse_event
+from otel_events.protocol import Event, describe_error, parse_event
 
 __all__ = ["NDJSON_TYPES", "ParsedBatch", "UnsupportedMediaType", "parse_batch"]
 
@@ -40,14 +40,6 @@ class ParsedBatch:
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
-def _describe(error: ValidationError) -> str:
-    parts = []
-    for detail in error.errors(include_url=False, include_input=False)[:3]:
-        where = ".".join(str(part) for part in detail["loc"]) or "event"
-        parts.append(f"{where}: {detail['msg']}")
-    return "; ".join(parts)
-
-
 def _check(line: int, value: object, thread_id: str, batch: ParsedBatch) -> None:
     if not isinstance(value, dict):
         batch.rejected.append((line, "an event must be a JSON object"))
@@ -67,7 +59,7 @@ def _check(line: int, value: object, thread_id: str, batch: ParsedBatch) -> None
     try:
         event = parse_event(value)
     except ValidationError as exc:
-        batch.rejected.append((line, _describe(exc)))
+        batch.rejected.append((line, describe_error(exc)))
         return
     # The same line sent again (a retry) has the same canonical form.
     digest = hash(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))

@@ -21,15 +21,15 @@ Overflow policy (the same for the emitter's subscribers and the bridge's clients
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-import orjson
-
-from otel_events.protocol import TRANSIENT_EVENT_TYPES, Event, parse_event
+from otel_events.protocol import TRANSIENT_EVENT_TYPES, Event, StreamOverflow, parse_event
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -105,7 +105,9 @@ class EventLog:
         # is at or below it has lost a lifecycle event.
         self._lost_lifecycle_seq = 0
         self._waiters: list[Callable[[], None]] = []
-        self._loop_waits: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
+        # Weak keys: a loop that is gone takes its entry with it.
+        self._loop_waits: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Future[None]] = weakref.WeakKeyDictionary()
         self._closed = False
 
     # -- writing ---------------------------------------------------------------
@@ -161,6 +163,14 @@ class EventLog:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def drained(self, cursor: int) -> bool:
+        """Closed, and a reader at ``cursor`` has read everything: it may stop.
+
+        Checking ``closed`` alone after an empty read would lose the events appended
+        between the two (the final ones, as a rule).
+        """
+        return self._closed and cursor >= self.next_seq
 
     # -- reading ---------------------------------------------------------------
 
@@ -265,14 +275,24 @@ class EventLog:
             return True
         ready = threading.Event()
         self._waiters.append(ready.set)
-        if cursor < self.next_seq or self._closed:
+        if cursor < self.next_seq or self._closed or ready.wait(timeout):
             return True
-        return ready.wait(timeout)
+        # Timed out: take the waiter back, or idle readers would pile them up for the
+        # next append (on the emitter's path) to call.
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(ready.set)
+        return False
 
     def subscribe(self, after: int | None = None, soft_lag: int | None = None) -> Subscription:
         """A reader starting after seq ``after`` (default: only new events)."""
         cursor = self.next_seq if after is None else after + 1
         return Subscription(self, cursor, soft_lag if soft_lag is not None else self.capacity // 2)
+
+
+def overflow_json(last_seq: int, missed: int) -> bytes:
+    """The ``stream.overflow`` event for a reader cut off after ``last_seq``."""
+    return StreamOverflow(last_seq=last_seq, missed=missed).model_dump_json(
+        exclude_none=True).encode()
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -340,17 +360,15 @@ class Subscription:
                 entries.reverse()
                 self._pending = entries
                 return entries.pop()
-            if self._log.closed:
+            if self._log.drained(self.cursor):
                 self._closed = True
                 return None
             await self._log.wait(self.cursor)
 
     def _overflow_entry(self, gap: Gap) -> Entry:
-        body = {"type": "stream.overflow", "last_seq": self.cursor - 1,
-                "missed": gap.missed + self.dropped,
-                "message": "subscriber fell behind the event buffer and was cut off"}
         # seq 0: a synthetic event never moves a reader's cursor.
-        return Entry(0, "stream.overflow", orjson.dumps(body), time.monotonic())
+        return Entry(0, "stream.overflow", overflow_json(self.cursor - 1,
+                                                         gap.missed + self.dropped), 0.0)
 
     def close(self) -> None:
         """Stop reading; a reader holds nothing else, so this is all the clean-up there is."""

@@ -110,7 +110,7 @@ class Telemetry:
         return self.meter_provider.force_flush(timeout_millis) and traces
 
     def shutdown(self, timeout: float = 5.0) -> bool:
-        """End open work as abandoned, then flush and stop both providers (once).
+        """End its emitters' open work as abandoned, then flush and stop both providers (once).
 
         Returns within ``timeout`` seconds even when the backend is down (an exporter
         retrying would otherwise hold the process at exit); False if the flush had not
@@ -120,9 +120,9 @@ class Telemetry:
             return True
         self._shut_down = True
         atexit.unregister(self.shutdown)
-        abandon_open_work()
 
         def stop() -> None:
+            abandon_open_work(self.tracer_provider)  # its emitters' sinks flush here too
             self.tracer_provider.shutdown()
             self.meter_provider.shutdown()
 

@@ -62,6 +62,9 @@ _COMPLETED = ItemStatus.COMPLETED.value
 _FAILED = ItemStatus.FAILED.value
 _DECLINED = ItemStatus.DECLINED.value
 
+# What the emitter writes on every event; a caller's event cannot set these.
+_STAMPED = ("type", "thread_id", "turn_id", "seq", "timestamp", "trace_id", "span_id")
+
 # Exceptions that mean "the work was not finished", not "the work failed".
 _ABANDONING = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
 
@@ -69,18 +72,19 @@ _ABANDONING = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorE
 class _Clock:
     """RFC 3339 UTC timestamps from ``time.time_ns()``, formatting the date once a second."""
 
-    __slots__ = ("_prefix", "_second")
+    __slots__ = ("_cached",)
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        self._cached = (-1, "")
 
     def format(self, ns: int) -> str:
         second, frac = divmod(ns, 1_000_000_000)
-        if second != self._second:
-            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-            self._second = second
-        return f"{self._prefix}.{frac // 1000:06d}Z"
+        # One tuple, replaced whole: threads formatting at once never mix two seconds.
+        cached_second, prefix = self._cached
+        if second != cached_second:
+            prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._cached = (second, prefix)
+        return f"{prefix}.{frac // 1000:06d}Z"
 
 
 def _encode(body: dict[str, Any]) -> bytes:
@@ -102,6 +106,15 @@ def _error_type(error: BaseException | str | None) -> str:
     if isinstance(error, BaseException):
         return type(error).__qualname__
     return "error"
+
+
+def _open_parent(emitter: EventEmitter, turn: Turn | None) -> Item | None:
+    """The current item, if it is still open and of the same emitter and turn."""
+    parent = _current_item.get()
+    if (parent is None or parent.emitter is not emitter or parent.turn is not turn
+            or parent.status != _IN_PROGRESS):
+        return None
+    return parent
 
 
 def _default_agent_name(provider: trace.TracerProvider) -> str:
@@ -192,7 +205,7 @@ class Item(_Scope):
         self.turn = turn
         self.id = f"item_{next(emitter._item_ids)}"
         self.type = str(item_type)
-        self.description = emitter._description(description) if description else description
+        self.description = emitter.content.text(description) if description else description
         self.name = name
         self.parent_id = parent.id if parent is not None else None
         #: ``in_progress`` until the item ends (an ``ItemStatus`` value, kept as a plain str).
@@ -244,6 +257,8 @@ class Item(_Scope):
         """Publish ``progress.update``: a fraction in [0, 1] and/or a short message."""
         if fraction is not None and not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction must be within [0, 1], got {fraction}")
+        if self.status != _IN_PROGRESS:
+            return
         body: dict[str, Any] = {"item_id": self.id, "fraction": fraction}
         if message is not None:
             body["message"] = self.emitter.content.text(message)
@@ -334,7 +349,6 @@ class Turn(_Scope):
         self.cached_input_tokens = 0
         self.output_tokens = 0
         self.ended = False
-        self.failed = False
         self._open_items: dict[str, Item] = {}
         self.started_ns = time.time_ns()
         # No explicit context: the current span (say an HTTP request) becomes the parent.
@@ -351,10 +365,10 @@ class Turn(_Scope):
         Opened inside another item's context, it becomes that item's child.
         ``name`` is the tool, data source or guardrail name (the span name uses it).
         """
-        parent = _current_item.get()
-        if parent is not None and (parent.turn is not self or parent.status != _IN_PROGRESS):
-            parent = None
-        return Item(self.emitter, self, str(item_type), description, name, parent, fields)
+        if self.ended:
+            raise RuntimeError(f"{self.id} has ended: start a new turn for more items")
+        return Item(self.emitter, self, str(item_type), description, name,
+                    _open_parent(self.emitter, self), fields)
 
     start_item = item
 
@@ -390,7 +404,6 @@ class Turn(_Scope):
             if self.ended:
                 return
             self.ended = True
-            self.failed = error_type is not None
         for item in list(self._open_items.values()):
             item.fail("turn ended before the item did", error_type=ABANDONED)
         end_ns = time.time_ns()
@@ -399,13 +412,13 @@ class Turn(_Scope):
         set_usage(span, self.input_tokens, self.output_tokens, self.cached_input_tokens)
         body: dict[str, Any]
         if message is None:
-            body = {"usage": self._usage(), "duration_ms": round(duration_ms, 3)}
+            body = {"usage": self._usage(), "duration_ms": duration_ms}
             emitter._publish("turn.completed", self, body, emitter._clock.format(end_ns))
             outcome = "completed"
         else:
             message = emitter.content.text(message)
             body = {"error": {"message": message, "type": error_type},
-                    "usage": self._usage(), "duration_ms": round(duration_ms, 3)}
+                    "usage": self._usage(), "duration_ms": duration_ms}
             emitter._publish("turn.failed", self, body, emitter._clock.format(end_ns))
             outcome = ABANDONED if error_type == ABANDONED else "failed"
         emitter._open_turns.pop(self.id, None)
@@ -436,6 +449,7 @@ class EventEmitter:
     ) -> None:
         tracer_provider = tracer_provider or trace.get_tracer_provider()
         meter_provider = meter_provider or metrics.get_meter_provider()
+        self.tracer_provider = tracer_provider
         self.thread_id = thread_id or str(uuid.uuid4())
         self.agent_name = agent_name or _default_agent_name(tracer_provider)
         self.content = content or Content()
@@ -450,12 +464,13 @@ class EventEmitter:
         self._open_items: dict[str, Item] = {}
         self._started = False
         self._closed = False
-        self._descriptions: dict[str, str] = {}
         self._sinks: list[Sink] = []
         for sink in sinks:
             self.add_sink(sink)
         _live.add(self)
         _register_exit_hook()
+        # Dropped without close(): still stop the sinks' threads (they hold only the log).
+        weakref.finalize(self, _release, self.log, self._sinks)
 
     # -- the API ----------------------------------------------------------------------
 
@@ -505,7 +520,7 @@ class EventEmitter:
         if turn is not None:
             return turn.item(item_type, description, **fields).id
         return Item(self, None, str(item_type), description, fields.pop("name", None),
-                    _current_item.get(), fields).id
+                    _open_parent(self, None), fields).id
 
     async def complete_item(self, item_id: str, output: Any = None, **fields: Any) -> None:
         """Complete the open item with this id."""
@@ -519,24 +534,17 @@ class EventEmitter:
         self.publish(event)
 
     def publish(self, event: Event) -> Entry:
-        """``emit`` for sync code."""
+        """``emit`` for sync code. The emitter stamps thread, turn, seq, time and ids;
+        the event's other fields go through the redaction hook and scrubbing (the
+        capture switch does not apply: it would leave required fields empty)."""
         body = event.model_dump(mode="json", exclude_unset=True)
-        body.pop("type", None)
-        kind = event.type
-        turn = self.current_turn()
-        return self._publish(kind, turn, body)
+        for key in _STAMPED:
+            body.pop(key, None)
+        encode = self.content.encode
+        payload = {key: orjson.Fragment(encode(value)) for key, value in body.items()}
+        return self._publish(event.type, self.current_turn(), payload)
 
     # -- internals ---------------------------------------------------------------
-
-    def _description(self, text: str) -> str:
-        # Descriptions are mostly constants of the agent's code: scrub each once.
-        cache = self._descriptions
-        scrubbed = cache.get(text)
-        if scrubbed is None:
-            if len(cache) >= 1024:
-                cache.clear()
-            scrubbed = cache[text] = self.content.text(text)
-        return scrubbed
 
     def _encode_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
         content = self.content
@@ -574,10 +582,18 @@ class EventEmitter:
 _live: weakref.WeakSet[EventEmitter] = weakref.WeakSet()
 
 
-def abandon_open_work() -> None:
-    """End every open turn and item as abandoned; run at exit, before providers flush."""
+def _release(log: EventLog, sinks: list[Sink]) -> None:
+    log.close()
+    for sink in sinks:
+        sink.close(0.0)
+
+
+def abandon_open_work(tracer_provider: trace.TracerProvider | None = None) -> None:
+    """End open turns and items as abandoned (of the emitters using ``tracer_provider``,
+    or of all); run at exit, before the providers flush."""
     for emitter in list(_live):
-        emitter.close(timeout=2.0)
+        if tracer_provider is None or emitter.tracer_provider is tracer_provider:
+            emitter.close(timeout=2.0)
 
 
 _hooked = False

@@ -101,7 +101,8 @@ class HttpSink:
                 if not pending:
                     pending, cursor = self._next_batch(log, cursor)
                     if not pending:
-                        if log.closed or self._stop.is_set():
+                        if log.drained(cursor) or (self._stop.is_set()
+                                                   and cursor >= log.next_seq):
                             return
                         log.wait_blocking(cursor, timeout=0.5)
                         continue
@@ -173,7 +174,7 @@ class HttpSink:
         if status in (200, 207, 422):
             try:
                 refused = len(response.json().get("rejected", ()))
-            except ValueError:
+            except (ValueError, AttributeError, TypeError):  # not the bridge's answer
                 refused = 0 if status == 200 else len(batch)
             self.rejected += refused
             self.dropped += refused

@@ -26,6 +26,7 @@ from otel_events.protocol import (
     TurnFailed,
     TurnStarted,
     Usage,
+    describe_error,
     parse_event,
 )
 from otel_events.redaction import Content
@@ -115,13 +116,11 @@ class Ingester:
                 continue
             try:
                 event = parse_event(line)
+                self.feed(event, time.time_ns())
             except ValidationError as exc:
-                error = exc.errors()[0]
-                where = ".".join(str(part) for part in error["loc"])
-                self.result.rejected.append((number, f"{where}: {error['msg']}" if where
-                                             else error["msg"]))
-                continue
-            self.feed(event, time.time_ns())
+                self.result.rejected.append((number, describe_error(exc)))
+            except ValueError as exc:  # valid, yet not placeable in time (a leap second)
+                self.result.rejected.append((number, f"timestamp: {exc}"))
         self.finish(time.time_ns())
         return self.result
 

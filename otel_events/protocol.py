@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     Tag,
     TypeAdapter,
+    ValidationError,
 )
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "TurnStarted",
     "UnknownEvent",
     "Usage",
+    "describe_error",
     "encode_event",
     "event_json_schema",
     "parse_event",
@@ -360,6 +362,15 @@ def parse_event(data: str | bytes | dict[str, Any]) -> Event:
     if isinstance(data, dict):
         return EVENT_ADAPTER.validate_python(data)
     return EVENT_ADAPTER.validate_json(data)
+
+
+def describe_error(error: ValidationError) -> str:
+    """A short account of why an event was refused: where and what, never the value."""
+    parts = []
+    for detail in error.errors(include_url=False, include_input=False)[:3]:
+        where = ".".join(str(part) for part in detail["loc"]) or "event"
+        parts.append(f"{where}: {detail['msg']}")
+    return "; ".join(parts)
 
 
 def encode_event(event: Event) -> bytes:

@@ -74,14 +74,27 @@ class Content:
     max_attribute_chars: int = 4096
 
     def encode(self, value: Any) -> str:
-        """The value as JSON text, redacted and scrubbed: the one form every reader gets."""
-        if self.redact is not None:
-            value = self.redact(value)
-        text = orjson.dumps(value, default=str).decode()
+        """The value as JSON text, redacted and scrubbed: the one form every reader gets.
+
+        Never raises: a value that cannot be encoded (or a hook that fails) is recorded
+        as a short note naming only the error's type, so agent code is not interrupted
+        and no unredacted text slips through.
+        """
+        try:
+            if self.redact is not None:
+                value = self.redact(value)
+            text = orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except Exception as exc:
+            text = orjson.dumps(f"[not recorded: {type(exc).__name__}]").decode()
         return scrub_secrets(text) if self.scrub else text
 
     def text(self, value: str) -> str:
-        """A plain string (an error message, a description), scrubbed."""
+        """A plain string (an error message, a description): the hook, then scrubbing."""
+        if self.redact is not None:
+            try:
+                value = str(self.redact(value))
+            except Exception as exc:
+                value = f"[not recorded: {type(exc).__name__}]"
         return scrub_secrets(value) if self.scrub else value
 
     def attribute(self, encoded: str) -> str:

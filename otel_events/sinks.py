@@ -7,9 +7,7 @@ import threading
 from pathlib import Path
 from typing import IO, Protocol
 
-import orjson
-
-from otel_events.broker import EventLog
+from otel_events.broker import EventLog, overflow_json
 
 __all__ = ["JsonlSink", "Sink"]
 
@@ -59,15 +57,14 @@ class JsonlSink:
                 self.dropped += skipped
                 if gap is not None:
                     self.dropped += gap.missed
-                    out.write(orjson.dumps({"type": "stream.overflow", "last_seq": cursor - 1,
-                                            "missed": gap.missed}) + b"\n")
+                    out.write(overflow_json(cursor - 1, gap.missed) + b"\n")
                     cursor = gap.resume_seq
                     continue
                 if entries:
                     out.write(b"".join(entry.json + b"\n" for entry in entries))
                     continue
                 out.flush()
-                if log.closed or self._stop.is_set():
+                if log.drained(cursor) or (self._stop.is_set() and cursor >= log.next_seq):
                     return
                 log.wait_blocking(cursor, timeout=0.5)
         finally:

@@ -110,11 +110,16 @@ def end_span(
     exception: BaseException | None = None,
     end_time: int | None = None,
 ) -> None:
-    """End a span; with ``error_type`` it ends as an error, recording the exception."""
+    """End a span; with ``error_type`` it ends as an error, recording the exception.
+
+    ``message`` must already have been through the content pass: it replaces the
+    exception's own text, so the span says what the events say.
+    """
     if error_type is not None:
         span.set_attribute("error.type", error_type)
         if exception is not None:
-            span.record_exception(exception, timestamp=end_time, escaped=True)
+            span.record_exception(exception, timestamp=end_time, escaped=True,
+                                  attributes={"exception.message": message or error_type})
         span.set_status(Status(StatusCode.ERROR, message or error_type))
     span.end(end_time=end_time)
 

@@ -181,3 +181,10 @@ def test_reads_across_the_ring_boundary_and_detect_overwrites() -> None:
     put(log, "item.completed")  # now seq 13 is gone
     entries, _, _, gap = log.read(13)
     assert entries == [] and gap is not None and gap.resume_seq == 14
+
+
+def test_a_thread_reader_that_timed_out_leaves_no_waiter_behind() -> None:
+    log = EventLog(capacity=8)
+    for _ in range(3):
+        assert log.wait_blocking(1, timeout=0.01) is False
+    assert log._waiters == []

@@ -303,3 +303,90 @@ def test_held_events_take_about_their_size_in_memory() -> None:
     json_bytes = sum(len(orjson.dumps(e)) for e in events)
     # 1000 events of ~450 bytes; orjson's 4 KiB result buffers would make this ~4 MiB.
     assert held < 3 * json_bytes, (held, json_bytes)
+
+
+def test_outputs_that_cannot_be_encoded_never_break_the_item(telemetry: Telemetry) -> None:
+    from otel_events import Content
+
+    def broken_hook(value: Any) -> Any:
+        raise RuntimeError("hook bug")
+
+    em = EventEmitter("t", "a", tracer_provider=telemetry.tracer_provider)
+    with em.turn() as turn:
+        turn.item("sql_execution", "int keys").complete(output={1: "a", 2: "b"})
+    hooked = EventEmitter("t2", "a", tracer_provider=telemetry.tracer_provider,
+                          content=Content(redact=broken_hook))
+    with hooked.turn() as turn:
+        turn.item("sql_execution", "hook fails").complete(output={"secret": 1})
+    first = next(e for e in logged(em) if e["type"] == "item.completed")["item"]
+    assert first["status"] == "completed" and first["output"] == {"1": "a", "2": "b"}
+    second = next(e for e in logged(hooked) if e["type"] == "item.completed")["item"]
+    assert second["status"] == "completed"
+    assert second["output"] == "[not recorded: RuntimeError]"
+    assert em._open_items == {} and hooked._open_items == {}
+    em.close()
+    hooked.close()
+
+
+def test_errors_reach_spans_through_the_same_content_pass(telemetry: Telemetry) -> None:
+    from otel_events import Content
+
+    em = EventEmitter("t", "a", tracer_provider=telemetry.tracer_provider,
+                      content=Content(redact=lambda v: v.replace("Alice", "<name>")
+                                      if isinstance(v, str) else v))
+    with pytest.raises(ValueError), em.turn() as turn, turn.item("sql_execution", "q"):
+        raise ValueError("Alice's password=hunter22 was wrong")
+    event = next(e for e in logged(em) if e["type"] == "item.completed")["item"]["error"]
+    span = telemetry.span("execute_tool sql_execution")
+    recorded = (span.events[0].attributes or {})["exception.message"]
+    assert event["message"] == span.status.description == recorded
+    assert "hunter22" not in str(recorded) and "Alice" not in str(recorded)
+    em.close()
+
+
+def test_published_events_cannot_override_stamps_and_are_scrubbed(
+        emitter: EventEmitter) -> None:
+    from otel_events.protocol import ErrorEvent
+
+    emitter.publish(ErrorEvent(seq=99, thread_id="other", message="token=abcdef123456"))
+    emitter.publish(ErrorEvent(message="second"))
+    events = logged(emitter)
+    assert [e["seq"] for e in events] == [1, 2, 3]
+    assert events[1]["thread_id"] == "thread-1"
+    assert events[1]["message"] == "token=[REDACTED]"
+
+
+def test_ended_turns_take_no_items_and_ended_items_no_progress(emitter: EventEmitter) -> None:
+    with emitter.turn() as turn:
+        item = turn.item("reasoning", "x")
+        item.complete()
+        item.progress(0.5, "late")  # after completion: ignored
+    with pytest.raises(RuntimeError, match="has ended"):
+        turn.item("reasoning", "too late")
+    assert [e["type"] for e in logged(emitter)].count("progress.update") == 0
+
+
+def test_jsonl_sink_keeps_the_events_published_as_the_emitter_closes(
+        tmp_path: Any, telemetry: Telemetry) -> None:
+    import io
+    import time as _time
+
+    class SlowStream(io.BytesIO):
+        """A pipe whose flush takes a while: widens the close-versus-read window."""
+
+        def flush(self) -> None:
+            _time.sleep(0.005)
+            super().flush()
+
+        def close(self) -> None:  # keep the bytes readable after the sink is done
+            pass
+
+    for _ in range(10):
+        stream = SlowStream()
+        em = EventEmitter("t", "a", tracer_provider=telemetry.tracer_provider,
+                          sinks=[JsonlSink(stream=stream)])
+        turn = em.turn()
+        turn.item("command_execution", "left open")
+        em.close()  # abandons the item and the turn, then stops the sink
+        kinds = [orjson.loads(line)["type"] for line in stream.getvalue().splitlines()]
+        assert kinds[-2:] == ["item.completed", "turn.failed"], kinds

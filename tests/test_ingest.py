@@ -93,12 +93,23 @@ def test_cli_reports_bad_lines_and_still_ingests_the_rest(tmp_path: Path) -> Non
              "PATH": "", "PYTHONPATH": str(Path(__file__).parents[1])},
     )
     assert run.returncode == 1
-    assert "line 11: Invalid JSON" in run.stderr
+    assert "line 11: event: Invalid JSON" in run.stderr
     assert "line 12: item.completed.item: Field required" in run.stderr
     assert "ingested 1 turns, 5 items from 12 lines (2 rejected)" in run.stderr
     names = [json.loads(chunk)["name"] for chunk in _json_objects(run.stdout)]
     assert sorted(names) == sorted(["invoke_agent agent", "reasoning", "file_change",
                                     "agent_message"] + ["execute_tool command_execution"] * 2)
+
+
+def test_a_valid_but_unplaceable_timestamp_rejects_only_its_line(telemetry: Telemetry) -> None:
+    lines = ['{"type":"turn.started","timestamp":"2016-12-31T23:59:60Z"}',  # a leap second
+             '{"type":"turn.started","timestamp":"2026-11-25T08:00:00Z"}',
+             '{"type":"turn.completed","usage":{"input_tokens":1,"cached_input_tokens":0,'
+             '"output_tokens":1}}']
+    result = ingester(telemetry).feed_lines(lines)
+    assert [number for number, _ in result.rejected] == [1]
+    assert result.rejected[0][1].startswith("timestamp:")
+    assert result.turns == 1
 
 
 def _json_objects(text: str) -> list[str]:
