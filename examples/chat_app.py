@@ -25,6 +25,7 @@ from sse_starlette import EventSourceResponse
 
 from otel_events import EventEmitter
 from otel_events.http_sink import HttpSink
+from otel_events.threads import frame
 
 app = FastAPI(title="otel-events chat example")
 
@@ -80,8 +81,7 @@ async def chat_stream(request: ChatRequest) -> EventSourceResponse:
         # (sse-starlette cancels this generator on disconnect).
         try:
             async for entry in subscription.entries():
-                yield b"id: %d\nevent: %s\ndata: %s\n\n" % (
-                    entry.seq, entry.type.encode(), entry.json)
+                yield frame(entry.seq, entry.type, entry.json)
                 if entry.type in END_OF_TURN:
                     return
         finally:

@@ -96,7 +96,9 @@ class EventLog:
             raise ValueError("capacity must be at least 2")
         self.capacity = capacity
         self.max_age = max_age
-        self._ring: list[Entry | None] = [None] * capacity
+        # Grown as events arrive, up to ``capacity``: a log that is made but little
+        # used (a thread a client opened before any event) stays small.
+        self._ring: list[Entry | None] = [None] * min(capacity, 64)
         #: Seq of the next event to be appended.
         self.next_seq = 1
         #: Lowest seq still held.
@@ -120,11 +122,16 @@ class EventLog:
             # Only age-bounded logs (the bridge's) need the time of each event.
             now = time.monotonic() if self.max_age is not None else 0.0
         entry = Entry(seq, type, json, now, frame)
+        ring = self._ring
+        if seq >= len(ring) and len(ring) < self.capacity:
+            # Before the first wrap every seq sits at its own index, so growing keeps
+            # every entry where it is.
+            ring.extend([None] * min(len(ring), self.capacity - len(ring)))
         slot = seq % self.capacity
-        old = self._ring[slot]
+        old = ring[slot]
         if old is not None:
             self._evict(old)
-        self._ring[slot] = entry
+        ring[slot] = entry
         self.next_seq = seq + 1
         if self.max_age is not None:
             self.trim(entry.time)
@@ -225,6 +232,8 @@ class EventLog:
 
     def get(self, seq: int) -> Entry | None:
         """The entry with this seq, if still held."""
+        if not 0 < seq < self.next_seq:
+            return None
         entry = self._ring[seq % self.capacity]
         return entry if entry is not None and entry.seq == seq else None
 

@@ -188,3 +188,19 @@ def test_a_thread_reader_that_timed_out_leaves_no_waiter_behind() -> None:
     for _ in range(3):
         assert log.wait_blocking(1, timeout=0.01) is False
     assert log._waiters == []
+
+
+def test_the_ring_grows_with_use_and_then_wraps() -> None:
+    log = EventLog(capacity=300)
+    assert len(log._ring) == 64  # a log nobody writes to stays small
+    for _ in range(200):
+        put(log, "item.started")
+    assert 200 < len(log._ring) <= 300
+    entries, _, _, _ = log.read(1, limit=1000)
+    assert [e.seq for e in entries] == list(range(1, 201))
+    for _ in range(250):
+        put(log, "item.started")
+    assert len(log._ring) == 300 and log.first_seq == 151
+    entries, _, _, _ = log.read(151, limit=1000)
+    assert [e.seq for e in entries] == list(range(151, 451))
+    assert log.get(150) is None and log.get(450) is not None and log.get(451) is None
