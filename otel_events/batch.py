@@ -36,7 +36,7 @@ class ParsedBatch:
     """Events in body order: line number, typed event, de-duplication digest, and the
     validated object as sent."""
 
-    events: list[tuple[int, Event, int, dict[str, Any]]] = field(default_factory=list)
+    events: list[tuple[int, Event, int | None, dict[str, Any]]] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -61,8 +61,10 @@ def _check(line: int, value: object, thread_id: str, batch: ParsedBatch) -> None
     except ValidationError as exc:
         batch.rejected.append((line, describe_error(exc)))
         return
-    # The same line sent again (a retry) has the same canonical form.
-    digest = hash(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+    # The same line sent again (a retry) has the same canonical form. Only lines with
+    # the producer's seq are ever de-duplicated, so only they need the digest.
+    digest = (hash(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+              if event.seq is not None else None)
     batch.events.append((line, event, digest, value))
 
 

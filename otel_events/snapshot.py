@@ -134,6 +134,8 @@ class ThreadSnapshot:
         self.updated_at: str | None = None
         self.turns: OrderedDict[str, TurnState] = OrderedDict()
         self.turns_dropped = 0
+        # Ids of the turns let go most recently (bounded), to ignore their late events.
+        self._dropped_ids: dict[str, None] = {}
         #: Items reported outside any turn.
         self.loose = TurnState("")
         self.last_error: str | None = None
@@ -175,6 +177,8 @@ class ThreadSnapshot:
             return self._running
         turn = self.turns.get(turn_id)
         if turn is None:
+            if turn_id in self._dropped_ids:
+                return None  # a late event of a turn already let go: not running again
             # Its turn.started was never seen (the producer joined late): make one.
             turn = self._start_turn(turn_id, None)
         return turn
@@ -189,8 +193,11 @@ class ThreadSnapshot:
         self.turns[turn.id] = turn
         self.turns.move_to_end(turn.id)
         while len(self.turns) > self.max_turns:
-            _, dropped = self.turns.popitem(last=False)
+            dropped_id, dropped = self.turns.popitem(last=False)
             self.turns_dropped += 1
+            self._dropped_ids[dropped_id] = None
+            if len(self._dropped_ids) > 4 * self.max_turns:
+                del self._dropped_ids[next(iter(self._dropped_ids))]
             if dropped is self._running:
                 self._running = None
         self._running = turn

@@ -100,3 +100,19 @@ def test_items_of_a_turn_never_started_still_land_somewhere() -> None:
     assert state["running_turn"] == "late"
     # No turn id and a running turn: the item belongs to it.
     assert [i["id"] for i in state["turns"][0]["items"]] == ["a", "b"]
+
+
+def test_a_late_event_of_a_dropped_turn_does_not_mark_the_thread_running() -> None:
+    from otel_events.protocol import parse_event
+    from otel_events.snapshot import ThreadSnapshot
+
+    snapshot = ThreadSnapshot("t", max_turns=2)
+    for n in range(1, 4):  # turn_1 is let go when turn_3 starts
+        snapshot.apply(parse_event({"type": "turn.started", "turn_id": f"turn_{n}"}), 0)
+        snapshot.apply(parse_event({"type": "turn.completed", "turn_id": f"turn_{n}",
+                                    "usage": {"input_tokens": 1, "cached_input_tokens": 0,
+                                              "output_tokens": 1}}), 0)
+    snapshot.apply(parse_event({"type": "item.updated", "turn_id": "turn_1",
+                                "item": {"id": "late", "type": "reasoning"}}), 0)
+    assert "turn_1" not in snapshot.turns
+    assert snapshot._running is None
