@@ -109,7 +109,7 @@ class EventLog:
         self._waiters: list[Callable[[], None]] = []
         # Weak keys: a loop that is gone takes its entry with it.
         self._loop_waits: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, asyncio.Future[None]] = weakref.WeakKeyDictionary()
+            asyncio.AbstractEventLoop, _LoopWaiters] = weakref.WeakKeyDictionary()
         self._closed = False
 
     # -- writing ---------------------------------------------------------------
@@ -250,33 +250,39 @@ class EventLog:
     async def wait(self, cursor: int) -> None:
         """Return once there is an event at or after ``cursor``, or the log is closed.
 
-        Every reader in one loop shares one future, so a batch of appends costs the
-        publisher a single wake-up however many readers there are.
+        The readers waiting in one loop share one wake-up: a batch of appends costs the
+        publisher a single ``call_soon`` however many readers there are, and that one
+        loop callback then resolves every reader's future.
         """
         if cursor < self.next_seq or self._closed:
             return
         loop = asyncio.get_running_loop()
-        fut = self._loop_waits.get(loop)
-        if fut is None or fut.done():
-            fut = loop.create_future()
-            self._loop_waits[loop] = fut
+        fut: asyncio.Future[None] = loop.create_future()
+        waiting = self._loop_waits.get(loop)
+        if waiting is None:
+            waiting = self._loop_waits[loop] = _LoopWaiters()
+        if not waiting.armed:  # one wake-up registered per loop at a time
+            waiting.armed = True
             owner = threading.get_ident()
 
-            def wake(fut: asyncio.Future[None] = fut) -> None:
+            def wake() -> None:
                 if loop.is_closed():
                     return
                 if threading.get_ident() == owner:
-                    # Resolving here would schedule one callback per waiting reader inside
-                    # the publisher's call; one loop callback keeps publishing O(1).
-                    loop.call_soon(_resolve, fut)
+                    loop.call_soon(waiting.resolve)
                 else:
-                    loop.call_soon_threadsafe(_resolve, fut)
+                    loop.call_soon_threadsafe(waiting.resolve)
 
             self._waiters.append(wake)
-            # Re-check: an append between the test above and the registration.
-            if cursor < self.next_seq or self._closed:
-                _resolve(fut)
-        await asyncio.shield(fut)
+        waiting.futures[fut] = None
+        # Re-check: an append between the test above and the registration.
+        if cursor < self.next_seq or self._closed:
+            _resolve(fut)
+        try:
+            await fut
+        finally:
+            # A reader that went away (cancelled) must not stay listed until the next event.
+            waiting.futures.pop(fut, None)
 
     def wait_blocking(self, cursor: int, timeout: float | None = None) -> bool:
         """Thread version of ``wait``; returns False on timeout."""
@@ -302,6 +308,23 @@ def overflow_json(last_seq: int, missed: int) -> bytes:
     """The ``stream.overflow`` event for a reader cut off after ``last_seq``."""
     return StreamOverflow(last_seq=last_seq, missed=missed).model_dump_json(
         exclude_none=True).encode()
+
+
+class _LoopWaiters:
+    """The readers of one log parked in one event loop, and whether a wake-up is set."""
+
+    __slots__ = ("armed", "futures")
+
+    def __init__(self) -> None:
+        self.futures: dict[asyncio.Future[None], None] = {}
+        self.armed = False
+
+    def resolve(self) -> None:
+        self.armed = False
+        futures = list(self.futures)
+        self.futures.clear()
+        for fut in futures:
+            _resolve(fut)
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
