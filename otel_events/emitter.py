@@ -229,12 +229,7 @@ class Item(_Scope):
         else:
             self.trace_id, self.span_id = _hex_ids(self.span)
         self.started_at = emitter._clock.format(self.started_ns)
-        item: dict[str, Any] = {"id": self.id, "type": self.type,
-                                "description": self.description, "status": "in_progress"}
-        if name is not None:
-            item["name"] = name
-        if self.parent_id is not None:
-            item["parent_id"] = self.parent_id
+        item = self._identity(_IN_PROGRESS)
         item["started_at"] = self.started_at
         if fields:
             item.update(emitter._encode_fields(fields))
@@ -242,6 +237,16 @@ class Item(_Scope):
             turn._open_items[self.id] = self
         emitter._open_items[self.id] = self
         emitter._publish("item.started", self, {"item": item}, self.started_at)
+
+    def _identity(self, status: str) -> dict[str, Any]:
+        """The fields that say which item an event is about, first in every item."""
+        item: dict[str, Any] = {"id": self.id, "type": self.type,
+                                "description": self.description, "status": status}
+        if self.name is not None:
+            item["name"] = self.name
+        if self.parent_id is not None:
+            item["parent_id"] = self.parent_id
+        return item
 
     # -- reporting -----------------------------------------------------------------
 
@@ -298,22 +303,16 @@ class Item(_Scope):
         end_ns = time.time_ns()
         content = emitter.content
         duration_ms = (end_ns - self.started_ns) // 1000 / 1000  # to the microsecond
-        item: dict[str, Any] = {"id": self.id, "type": self.type,
-                                "description": self.description, "status": status}
-        if self.name is not None:
-            item["name"] = self.name
-        if self.parent_id is not None:
-            item["parent_id"] = self.parent_id
+        item = self._identity(status)
         span = self.span
         attributes: dict[str, Any] = {}
         if output is not None:
             encoded = content.encode(output)
             if content.capture:
                 item["output"] = orjson.Fragment(encoded)
-                attributes["otel_events.item.output"] = content.attribute(encoded)
             else:
                 item["output_length"] = len(encoded)
-            attributes["otel_events.item.output.length"] = len(encoded)
+            attributes.update(content.output_attributes(encoded))
         if fields:
             item.update(emitter._encode_fields(fields))
         if message is not None:
@@ -334,7 +333,6 @@ class Item(_Scope):
         end_span(span, error_type, message, exception, end_ns)
         emitter._metrics.record_item(self.type, status, duration_ms / 1e3,
                                      self._operation, self.name or self.type, error_type)
-
 
 
 class Turn(_Scope):
@@ -414,18 +412,15 @@ class Turn(_Scope):
         if message is None:
             body = {"usage": self._usage(), "duration_ms": duration_ms}
             emitter._publish("turn.completed", self, body, emitter._clock.format(end_ns))
-            outcome = "completed"
         else:
             message = emitter.content.text(message)
             body = {"error": {"message": message, "type": error_type},
                     "usage": self._usage(), "duration_ms": duration_ms}
             emitter._publish("turn.failed", self, body, emitter._clock.format(end_ns))
-            outcome = ABANDONED if error_type == ABANDONED else "failed"
         emitter._open_turns.pop(self.id, None)
         end_span(span, error_type, message, exception, end_ns)
-        emitter._metrics.record_turn(emitter.agent_name, duration_ms / 1e3, outcome, error_type,
+        emitter._metrics.record_turn(emitter.agent_name, duration_ms / 1e3, error_type,
                                      self.input_tokens, self.output_tokens)
-
 
 
 class EventEmitter:

@@ -194,10 +194,7 @@ class Ingester:
         span = open_item.span
         output = _output_of(item)
         if output is not None:
-            encoded = self.content.encode(output)
-            if self.content.capture:
-                span.set_attribute("otel_events.item.output", self.content.attribute(encoded))
-            span.set_attribute("otel_events.item.output.length", len(encoded))
+            span.set_attributes(self.content.output_attributes(self.content.encode(output)))
         span.set_attribute("otel_events.item.status", status)
         end_span(span, error_type, message and self.content.text(message), end_time=now)
         self.metrics.record_item(item.type, status, (now - open_item.start_ns) / 1e9,
@@ -214,10 +211,8 @@ class Ingester:
             self._end_item(turn, open_item, now, abandoned=True)
         set_usage(turn.span, input_tokens, output_tokens, cached_input_tokens)
         end_span(turn.span, error_type, message and self.content.text(message), end_time=now)
-        outcome = "completed" if error_type is None else (
-            ABANDONED if error_type == ABANDONED else "failed")
-        self.metrics.record_turn(self.agent_name, (now - turn.start_ns) / 1e9, outcome,
-                                 error_type, input_tokens, output_tokens)
+        self.metrics.record_turn(self.agent_name, (now - turn.start_ns) / 1e9, error_type,
+                                 input_tokens, output_tokens)
 
 
 def _failure_message(item: ThreadItem) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from opentelemetry.metrics import Meter
 
+from otel_events.tracing import ABANDONED
+
 __all__ = ["AgentMetrics"]
 
 
@@ -56,11 +58,13 @@ class AgentMetrics:
         self,
         agent_name: str,
         seconds: float,
-        outcome: str,
         error_type: str | None,
         input_tokens: int,
         output_tokens: int,
     ) -> None:
+        """One ended turn; its outcome follows from ``error_type`` (None: completed)."""
+        outcome = ("completed" if error_type is None
+                   else ABANDONED if error_type == ABANDONED else "failed")
         attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent_name}
         if error_type is not None:
             attributes["error.type"] = error_type

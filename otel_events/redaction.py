@@ -97,6 +97,13 @@ class Content:
                 value = f"[not recorded: {type(exc).__name__}]"
         return scrub_secrets(value) if self.scrub else value
 
+    def output_attributes(self, encoded: str) -> dict[str, Any]:
+        """The span attributes of an encoded output: itself (cut) if captured, its length."""
+        attributes: dict[str, Any] = {"otel_events.item.output.length": len(encoded)}
+        if self.capture:
+            attributes["otel_events.item.output"] = self.attribute(encoded)
+        return attributes
+
     def attribute(self, encoded: str) -> str:
         """An encoded value cut to ``max_attribute_chars`` for a span attribute."""
         limit = self.max_attribute_chars
