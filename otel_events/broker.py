@@ -171,13 +171,14 @@ class EventLog:
     def closed(self) -> bool:
         return self._closed
 
-    def drained(self, cursor: int) -> bool:
-        """Closed, and a reader at ``cursor`` has read everything: it may stop.
+    def drained(self, cursor: int, stopping: bool = False) -> bool:
+        """Closed (or the reader is ``stopping``), and a reader at ``cursor`` has read
+        everything: it may stop.
 
         Checking ``closed`` alone after an empty read would lose the events appended
         between the two (the final ones, as a rule).
         """
-        return self._closed and cursor >= self.next_seq
+        return (self._closed or stopping) and cursor >= self.next_seq
 
     # -- reading ---------------------------------------------------------------
 

@@ -101,8 +101,7 @@ class HttpSink:
                 if not pending:
                     pending, cursor = self._next_batch(log, cursor)
                     if not pending:
-                        if log.drained(cursor) or (self._stop.is_set()
-                                                   and cursor >= log.next_seq):
+                        if log.drained(cursor, stopping=self._stop.is_set()):
                             return
                         log.wait_blocking(cursor, timeout=0.5)
                         continue

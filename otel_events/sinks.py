@@ -64,7 +64,7 @@ class JsonlSink:
                     out.write(b"".join(entry.json + b"\n" for entry in entries))
                     continue
                 out.flush()
-                if log.drained(cursor) or (self._stop.is_set() and cursor >= log.next_seq):
+                if log.drained(cursor, stopping=self._stop.is_set()):
                     return
                 log.wait_blocking(cursor, timeout=0.5)
         finally:
