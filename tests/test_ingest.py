@@ -6,12 +6,16 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 from opentelemetry.trace import StatusCode
 
+from otel_events import ingest as ingest_module
 from otel_events.ingest import Ingester
 from otel_events.metrics import AgentMetrics
 
+from .codex.expected import AGENT, EXPECTED, TURN_SPAN, attrs, check, turn_outcomes, turns
 from .conftest import FIXTURES, Telemetry
 
 SAMPLE = FIXTURES / "codex-exec-sample.jsonl"
@@ -120,3 +124,122 @@ def _json_objects(text: str) -> list[str]:
         out.append(json.dumps(obj))
         index = end
     return out
+
+
+# --- streams recorded from the real Codex CLI (tests/codex/, tests/fixtures/codex/) ------
+
+CODEX = FIXTURES / "codex"
+
+
+def recorded(name: str) -> list[str]:
+    return (CODEX / f"{name}.jsonl").read_text().splitlines()
+
+
+def codex_ingester(telemetry: Telemetry, **options: Any) -> Ingester:
+    return Ingester(telemetry.tracer_provider.get_tracer("t"),
+                    AgentMetrics(telemetry.meter_provider.get_meter("t")), AGENT, **options)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_recorded_codex_stream_gives_the_expected_trace(name: str,
+                                                        telemetry: Telemetry) -> None:
+    result = codex_ingester(telemetry).feed_lines(recorded(name))
+    assert result.rejected == []
+    check(name, telemetry)
+
+
+def test_an_error_item_before_turn_started_opens_no_turn(telemetry: Telemetry) -> None:
+    """Codex's "Model metadata ... not found" comes before turn.started: one trace, one
+    completed turn, no abandoned phantom turn to page anyone."""
+    result = codex_ingester(telemetry).feed_lines(recorded("unknown_model"))
+    assert result.turns == 1 and len(result.trace_ids) == 1
+    assert turn_outcomes(telemetry) == {"completed": 1}
+    assert all(attrs(span).get("error.type") is None for span in telemetry.spans())
+
+
+def test_an_error_item_with_no_turn_after_it_stays_with_the_thread(
+        telemetry: Telemetry) -> None:
+    lines = recorded("unknown_model")[:2]  # thread.started, the error item; then nothing
+    result = codex_ingester(telemetry).feed_lines(lines)
+    assert result.turns == 0 and telemetry.metrics().get("otel_events.turns") is None
+    (warning,) = telemetry.spans()
+    assert warning.name == "error" and warning.parent is None
+    assert warning.status.status_code is StatusCode.UNSET
+    assert attrs(warning)["gen_ai.conversation.id"] == json.loads(lines[0])["thread_id"]
+
+
+def test_top_level_error_events_mark_the_turn_without_failing_it(
+        telemetry: Telemetry) -> None:
+    codex_ingester(telemetry).feed_lines(recorded("stream_retry"))
+    (turn,) = turns(telemetry)
+    assert [e.name for e in turn.events] == ["error"]
+    assert turn.status.status_code is StatusCode.UNSET
+    assert turn_outcomes(telemetry) == {"completed": 1}
+
+
+def test_fields_known_at_completion_refresh_the_span(telemetry: Telemetry) -> None:
+    lines = recorded("web_search")
+    assert lines[2].count('"id":') == 2  # Codex writes `id` twice in web_search items
+    codex_ingester(telemetry).feed_lines(lines)
+    span = telemetry.span("execute_tool web_search")
+    assert attrs(span)["otel_events.item.description"].startswith("Searching for ")
+    assert attrs(span)["otel_events.item.id"] == "item_0"
+
+
+def test_a_failed_command_carries_its_exit_code(telemetry: Telemetry) -> None:
+    codex_ingester(telemetry).feed_lines(recorded("command_fails"))
+    span = telemetry.span("execute_tool command_execution")
+    assert attrs(span)["process.exit.code"] == 2 and attrs(span)["error.type"] == "2"
+    points = telemetry.metrics()["gen_ai.execute_tool.duration"]
+    assert [p.attributes.get("error.type") for p in points] == ["2"]
+
+
+def test_cache_write_and_reasoning_tokens_reach_the_turn_span(telemetry: Telemetry) -> None:
+    codex_ingester(telemetry).feed_lines(recorded("command_ok"))
+    a = attrs(telemetry.span(TURN_SPAN))
+    assert a["gen_ai.usage.cache_write.input_tokens"] == 10
+    assert a["gen_ai.usage.reasoning.output_tokens"] == 6
+
+
+def test_usage_of_a_resumed_session_is_reported_per_turn(telemetry: Telemetry) -> None:
+    codex_ingester(telemetry).feed_lines(recorded("resume"))
+    inputs = sorted(p.sum for p in telemetry.metrics()["gen_ai.client.token.usage"]
+                    if p.attributes["gen_ai.token.type"] == "input")
+    assert inputs == [1100]  # 100 + 1000, not 100 + 1100
+    assert [attrs(t)["gen_ai.usage.input_tokens"] for t in turns(telemetry)] == [100, 1000]
+
+
+def test_usage_ledger_gives_per_turn_usage_across_runs_and_replays(
+        telemetry: Telemetry, tmp_path: Path) -> None:
+    first, second = _split_runs(recorded("resume"))
+    state = tmp_path / "usage.json"
+    for lines in (first, second, second):  # the resumed run, then a replay of it
+        codex_ingester(telemetry, usage=ingest_module.UsageLedger(state)).feed_lines(lines)
+    assert [attrs(t)["gen_ai.usage.input_tokens"] for t in turns(telemetry)] == [
+        100, 1000, 1000]
+
+
+def test_a_sub_agent_thread_continues_the_trace_of_its_spawn(telemetry: Telemetry) -> None:
+    parent = recorded("collab")
+    spawned = json.loads(parent[3])["item"]["receiver_thread_ids"][0]
+    child = [json.dumps({"type": "thread.started", "thread_id": spawned}),
+             '{"type":"turn.started"}',
+             '{"type":"item.completed","item":{"id":"item_0","type":"agent_message",'
+             '"text":"There are 3 files."}}',
+             '{"type":"turn.completed","usage":{"input_tokens":1,"cached_input_tokens":0,'
+             '"output_tokens":1}}']
+    ingester = codex_ingester(telemetry)
+    ingester.feed_lines(parent)
+    ingester.feed_lines(child)
+    spawn = telemetry.span("execute_tool spawn_agent")
+    child_turn = next(t for t in turns(telemetry)
+                      if attrs(t)["gen_ai.conversation.id"] == spawned)
+    assert spawn.context is not None and child_turn.parent is not None
+    assert child_turn.parent.span_id == spawn.context.span_id
+    assert child_turn.context is not None
+    assert child_turn.context.trace_id == spawn.context.trace_id
+
+
+def _split_runs(lines: list[str]) -> tuple[list[str], list[str]]:
+    starts = [i for i, line in enumerate(lines) if '"thread.started"' in line]
+    return lines[:starts[1]], lines[starts[1]:]
