@@ -4,7 +4,7 @@ Variants (each in its own uvicorn server process, clients in another process):
 
 * ``bridge``: ``otel_events.bridge.create_app``; each event goes in-process through what
   the ingest endpoint does with a body (``parse_batch``: JSON, checks, validation; then
-  ``BridgeThread.publish``: numbering, encoding, framing, state fold), minus HTTP.
+  ``MemoryThread.publish``: numbering, encoding, framing, state fold), minus HTTP.
 * ``sse-starlette``: the plain pattern: an ``EventSourceResponse`` per client reading an
   (unbounded) ``asyncio.Queue`` of events and serialising each one (``ServerSentEvent``).
 * ``bare``: a ``StreamingResponse`` per client reading a queue of frames encoded once by
@@ -59,14 +59,14 @@ def build_app(variant: str, retention: int) -> Any:
     from fastapi.responses import StreamingResponse
     from sse_starlette import EventSourceResponse, ServerSentEvent
 
-    from otel_events.batch import parse_batch
     from otel_events.bridge import BridgeSettings, create_app
+    from otel_events.bridge.batch import parse_batch
 
     queues: set[asyncio.Queue[Any]] = set()
     if variant == "bridge":
         app = create_app(BridgeSettings(retention_count=retention, retention_age=None,
                                         send_timeout=None))
-        registry = app.state.registry
+        registry = app.state.broker
     else:
         app = FastAPI()
     # Each run reads its own bridge thread: a client without a cursor replays what the
@@ -76,8 +76,7 @@ def build_app(variant: str, retention: int) -> Any:
     def readers() -> int:
         if variant != "bridge":
             return len(queues)
-        thread = registry.get(current["thread"])
-        return 0 if thread is None else int(thread.readers)
+        return int(registry.readers(current["thread"]))
 
     async def subscribe() -> AsyncIterator[Any]:
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -128,8 +127,8 @@ def build_app(variant: str, retention: int) -> Any:
             event["thread_id"] = current["thread"]
             thread = registry.get_or_create(current["thread"])
             batch = parse_batch(orjson.dumps(event), "application/x-ndjson", thread.thread_id)
-            for _, parsed, digest, raw in batch.events:
-                thread.publish(parsed, digest, raw)
+            for line in batch.events:
+                thread.publish(line.event, line.digest, line.raw)
         elif variant == "sse-starlette":
             for queue in queues:
                 queue.put_nowait((n, event))
@@ -331,16 +330,15 @@ async def _stalled(port: int, path: str, count: int, rss: Any) -> tuple[list[int
 
 def publisher_cost(count: int = 20_000) -> tuple[float, float]:
     """Microseconds per event: the bridge's ingest work, and the bare variants' encoding."""
-    from otel_events.batch import parse_batch
-    from otel_events.threads import BridgeThread
+    from otel_events.bridge.batch import parse_batch
+    from otel_events.bridge.memory import MemoryThread
 
-    thread = BridgeThread("cost", 4096, None, dedup_window=4096)
+    thread = MemoryThread("cost", 4096, None, dedup_window=4096)
     lines = [orjson.dumps(make_event(n)) for n in range(1, count + 1)]
     start = time.perf_counter()
     for line in lines:
-        for _, parsed, digest, raw in parse_batch(line, "application/x-ndjson",
-                                                  "bench").events:
-            thread.publish(parsed, digest, raw)
+        for parsed in parse_batch(line, "application/x-ndjson", "bench").events:
+            thread.publish(parsed.event, parsed.digest, parsed.raw)
     bridge = (time.perf_counter() - start) / count * 1e6
     events = [make_event(n) for n in range(1, count + 1)]
     start = time.perf_counter()

@@ -24,8 +24,8 @@ from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 
 from otel_events import EventEmitter
+from otel_events.bridge.sse import frame
 from otel_events.http_sink import HttpSink
-from otel_events.threads import frame
 
 app = FastAPI(title="otel-events chat example")
 

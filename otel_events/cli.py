@@ -44,7 +44,7 @@ def ingest(
     the exit status is 1 if any line was rejected.
     """
     from otel_events.config import configure
-    from otel_events.emitter import _default_agent_name
+    from otel_events.emitter import default_agent_name
     from otel_events.ingest import Ingester
     from otel_events.metrics import AgentMetrics
 
@@ -53,7 +53,7 @@ def ingest(
     ingester = Ingester(
         provider.get_tracer("otel_events", __version__),
         AgentMetrics(telemetry.meter_provider.get_meter("otel_events", __version__)),
-        agent_name or _default_agent_name(provider),
+        agent_name or default_agent_name(provider),
     )
     if file == "-":
         result = ingester.feed_lines(sys.stdin)
@@ -70,6 +70,17 @@ def ingest(
         raise typer.Exit(1)
 
 
-from otel_events.bridge import bridge_command  # noqa: E402
-
-app.command("bridge")(bridge_command)
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             add_help_option=False)
+def bridge(ctx: typer.Context) -> None:
+    """Run the SSE bridge (needs the [bridge] extra; `otel-events bridge --help`)."""
+    # The bridge's stack (FastAPI, uvicorn) loads only when the bridge runs.
+    try:
+        from otel_events.bridge.command import bridge_command
+    except ImportError as exc:
+        typer.echo(f"the bridge needs its extra: pip install 'otel-events[bridge]' ({exc})",
+                   err=True)
+        raise typer.Exit(2) from None
+    bridge_app = typer.Typer(add_completion=False)
+    bridge_app.command()(bridge_command)
+    bridge_app(ctx.args, prog_name="otel-events bridge")

@@ -164,7 +164,12 @@ def _exporter(signal: str, kind: str, endpoint: str | None, protocol: str,
     # endpoint, the exporter reads the OTEL_EXPORTER_OTLP_* variables itself.
     if endpoint is not None and protocol != "grpc":
         endpoint = f"{endpoint.rstrip('/')}/v1/{signal}"
-    return getattr(importlib.import_module(module), name)(endpoint=endpoint, headers=headers)
+    try:
+        exporters = importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"OTLP export needs its extra: pip install 'otel-events[otlp]' "
+                          f"({exc})") from exc
+    return getattr(exporters, name)(endpoint=endpoint, headers=headers)
 
 
 def _exporters(signal: str, choice: str | None, endpoint: str | None, protocol: str,

@@ -11,7 +11,6 @@ span processors the tracer provider has (a batch processor keeps exporters off t
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import contextvars
@@ -31,21 +30,17 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import Span
 
 from otel_events import __version__
-from otel_events.broker import Entry, EventLog, Subscription
+from otel_events.endings import ABANDONED, CANCELLED, Ending, ending_of
+from otel_events.kinds import ItemStatus, ItemType
+from otel_events.log import Entry, EventLog, Subscription
 from otel_events.metrics import AgentMetrics
-from otel_events.protocol import Event, ItemStatus, ItemType
 from otel_events.redaction import Content
-from otel_events.tracing import (
-    ABANDONED,
-    end_span,
-    set_usage,
-    start_item_span,
-    start_turn_span,
-)
+from otel_events.tracing import end_span, set_usage, start_item_span, start_turn_span
 
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from otel_events.protocol import Event
     from otel_events.sinks import Sink
 
 __all__ = ["EventEmitter", "Item", "Turn"]
@@ -61,12 +56,10 @@ _IN_PROGRESS = ItemStatus.IN_PROGRESS.value
 _COMPLETED = ItemStatus.COMPLETED.value
 _FAILED = ItemStatus.FAILED.value
 _DECLINED = ItemStatus.DECLINED.value
+_CANCELLED = ItemStatus.CANCELLED.value
 
 # What the emitter writes on every event; a caller's event cannot set these.
 _STAMPED = ("type", "thread_id", "turn_id", "seq", "timestamp", "trace_id", "span_id")
-
-# Exceptions that mean "the work was not finished", not "the work failed".
-_ABANDONING = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
 class _Clock:
@@ -100,14 +93,6 @@ def _hex_ids(span: Span) -> tuple[str | None, str | None]:
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
 
 
-def _error_type(error: BaseException | str | None) -> str:
-    if isinstance(error, _ABANDONING):
-        return ABANDONED
-    if isinstance(error, BaseException):
-        return type(error).__qualname__
-    return "error"
-
-
 def _open_parent(emitter: EventEmitter, turn: Turn | None) -> Item | None:
     """The current item, if it is still open and of the same emitter and turn."""
     parent = _current_item.get()
@@ -117,7 +102,7 @@ def _open_parent(emitter: EventEmitter, turn: Turn | None) -> Item | None:
     return parent
 
 
-def _default_agent_name(provider: trace.TracerProvider) -> str:
+def default_agent_name(provider: trace.TracerProvider) -> str:
     resource = getattr(provider, "resource", None)
     name = resource.attributes.get("service.name") if resource is not None else None
     if not isinstance(name, str) or name.startswith("unknown_service"):
@@ -130,8 +115,8 @@ class _Scope:
 
     Entering makes the scope current twice over: for otel-events (so a nested
     ``turn.item(...)`` finds its parent) and for OpenTelemetry (so spans the application
-    starts inside become children of this one). Leaving ends the scope: failed if an
-    exception is passing through (``abandoned`` for cancellation), else completed.
+    starts inside become children of this one). Leaving ends the scope: completed, or
+    as ``otel_events.endings`` rules for the exception passing through.
     """
 
     _current: ClassVar[contextvars.ContextVar[Any]]
@@ -154,6 +139,9 @@ class _Scope:
         raise NotImplementedError
 
     def fail(self, error: BaseException | str, *, error_type: str | None = None) -> None:
+        raise NotImplementedError
+
+    def cancel(self, reason: str | None = None) -> None:
         raise NotImplementedError
 
     def __enter__(self) -> Self:
@@ -186,8 +174,70 @@ class _Scope:
         self.__exit__(exc_type, exc, tb)
 
 
+class _Recorder:
+    """What turns and items of one emitter share: the one small interface between them.
+
+    It numbers and stamps events, encodes them once into the log, and keeps the open
+    turns and items that closing the emitter must end.
+    """
+
+    def __init__(self, thread_id: str, tracer: trace.Tracer, metrics: AgentMetrics,
+                 content: Content, capacity: int) -> None:
+        self.thread_id = thread_id
+        self.tracer = tracer
+        self.metrics = metrics
+        self.content = content
+        self.log = EventLog(capacity)
+        self.lock = threading.Lock()
+        self.clock = _Clock()
+        self.open_turns: dict[str, Turn] = {}
+        self.open_items: dict[str, Item] = {}
+        self._turn_ids = itertools.count(1)
+        self._item_ids = itertools.count(1)
+        self._started = False
+
+    def next_turn_id(self) -> str:
+        return f"turn_{next(self._turn_ids)}"
+
+    def next_item_id(self) -> str:
+        return f"item_{next(self._item_ids)}"
+
+    def fields(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Extra event fields, through the content pass (``None`` when not captured)."""
+        content = self.content
+        if not content.capture:
+            return dict.fromkeys(fields)
+        return {key: orjson.Fragment(content.encode(value)) for key, value in fields.items()}
+
+    def publish(self, kind: str, scope: Turn | Item | None, payload: dict[str, Any],
+                timestamp: str | None = None) -> Entry:
+        """Stamp, encode once and append to the log. The only place events are made."""
+        if timestamp is None:
+            timestamp = self.clock.format(time.time_ns())
+        log = self.log
+        with self.lock:
+            if not self._started:
+                self._started = True
+                log.append("thread.started", _encode({
+                    "type": "thread.started", "thread_id": self.thread_id,
+                    "seq": log.next_seq, "timestamp": timestamp}))
+            if scope is None:
+                body = {"type": kind, "thread_id": self.thread_id, "seq": log.next_seq,
+                        "timestamp": timestamp, **payload}
+            else:
+                body = {"type": kind, "thread_id": self.thread_id, "turn_id": scope.turn_id,
+                        "seq": log.next_seq, "timestamp": timestamp,
+                        "trace_id": scope.trace_id, "span_id": scope.span_id, **payload}
+                # Rare: an item outside any turn, or a tracer that records nothing.
+                if scope.turn_id is None:
+                    del body["turn_id"]
+                if scope.trace_id is None:
+                    del body["trace_id"], body["span_id"]
+            return log.append(kind, _encode(body))
+
+
 class Item(_Scope):
-    """One step of a turn. Ends exactly once: complete, fail or decline."""
+    """One step of a turn. Ends exactly once: complete, fail, decline or cancel."""
 
     _current = _current_item
 
@@ -197,15 +247,17 @@ class Item(_Scope):
         turn: Turn | None,
         item_type: str,
         description: str | None,
+        *,
         name: str | None,
         parent: Item | None,
         fields: dict[str, Any],
     ) -> None:
         self.emitter = emitter
         self.turn = turn
-        self.id = f"item_{next(emitter._item_ids)}"
+        rec = self._rec = emitter._recorder
+        self.id = rec.next_item_id()
         self.type = str(item_type)
-        self.description = emitter.content.text(description) if description else description
+        self.description = rec.content.text(description) if description else description
         self.name = name
         self.parent_id = parent.id if parent is not None else None
         #: ``in_progress`` until the item ends (an ``ItemStatus`` value, kept as a plain str).
@@ -219,7 +271,7 @@ class Item(_Scope):
         self.turn_id = turn.id if turn is not None else None
         self.started_ns = time.time_ns()
         self.span, self._operation = start_item_span(
-            emitter._tracer, parent_context, self.id, self.type, self.description, name,
+            rec.tracer, parent_context, self.id, self.type, self.description, name,
             self.parent_id, self.started_ns,
         )
         if turn is not None and turn.trace_id is not None:
@@ -228,15 +280,15 @@ class Item(_Scope):
             self.span_id = format(self.span.get_span_context().span_id, "016x")
         else:
             self.trace_id, self.span_id = _hex_ids(self.span)
-        self.started_at = emitter._clock.format(self.started_ns)
+        self.started_at = rec.clock.format(self.started_ns)
         item = self._identity(_IN_PROGRESS)
         item["started_at"] = self.started_at
         if fields:
-            item.update(emitter._encode_fields(fields))
+            item.update(rec.fields(fields))
         if turn is not None:
             turn._open_items[self.id] = self
-        emitter._open_items[self.id] = self
-        emitter._publish("item.started", self, {"item": item}, self.started_at)
+        rec.open_items[self.id] = self
+        rec.publish("item.started", self, {"item": item}, self.started_at)
 
     def _identity(self, status: str) -> dict[str, Any]:
         """The fields that say which item an event is about, first in every item."""
@@ -254,9 +306,9 @@ class Item(_Scope):
         """Publish ``item.updated`` with new fields (partial output, text so far...)."""
         if self.status != _IN_PROGRESS:
             return
-        item = {"id": self.id, "type": self.type, "description": self.description,
-                "status": "in_progress", **self.emitter._encode_fields(fields)}
-        self.emitter._publish("item.updated", self, {"item": item})
+        item = self._identity(_IN_PROGRESS)
+        item.update(self._rec.fields(fields))
+        self._rec.publish("item.updated", self, {"item": item})
 
     def progress(self, fraction: float | None = None, message: str | None = None) -> None:
         """Publish ``progress.update``: a fraction in [0, 1] and/or a short message."""
@@ -266,42 +318,41 @@ class Item(_Scope):
             return
         body: dict[str, Any] = {"item_id": self.id, "fraction": fraction}
         if message is not None:
-            body["message"] = self.emitter.content.text(message)
-        self.emitter._publish("progress.update", self, body)
+            body["message"] = self._rec.content.text(message)
+        self._rec.publish("progress.update", self, body)
 
     def complete(self, output: Any = None, **fields: Any) -> None:
         """End the item as completed, with its output."""
-        self._end(_COMPLETED, output, fields, None, None, None)
+        self._end(_COMPLETED, None, output, fields)
 
     def fail(self, error: BaseException | str, *, error_type: str | None = None,
              output: Any = None) -> None:
-        """End the item as failed; ``error_type`` defaults to the exception's class name."""
-        message = str(error) or type(error).__name__
-        self._end(_FAILED, output, {}, error_type or _error_type(error), message,
-                  error if isinstance(error, BaseException) else None)
+        """End the item as failed; ``error_type`` defaults to the exception's class name
+        (cancellations and abandonment are told apart by ``otel_events.endings``)."""
+        ending = ending_of(error, error_type=error_type)
+        self._end(_CANCELLED if ending.error_type == CANCELLED else _FAILED, ending,
+                  output, {})
 
     def decline(self, reason: str | None = None) -> None:
         """End the item as declined (not run, for example refused by a guardrail)."""
-        self._end(_DECLINED, None, {}, None, reason, None)
+        self._end(_DECLINED, None, None, {}, reason)
+
+    def cancel(self, reason: str | None = None) -> None:
+        """End the item as cancelled: stopped on purpose, not a failure of the service."""
+        self._end(_CANCELLED, ending_of(reason or "cancelled", error_type=CANCELLED),
+                  None, {})
 
     # -- ending ---------------------------------------------------------------------
 
-    def _end(
-        self,
-        status: str,
-        output: Any,
-        fields: dict[str, Any],
-        error_type: str | None,
-        message: str | None,
-        exception: BaseException | None,
-    ) -> None:
-        emitter = self.emitter
-        with emitter._lock:
+    def _end(self, status: str, ending: Ending | None, output: Any,
+             fields: dict[str, Any], note: str | None = None) -> None:
+        rec = self._rec
+        with rec.lock:
             if self.status != _IN_PROGRESS:
                 return
             self.status = status
         end_ns = time.time_ns()
-        content = emitter.content
+        content = rec.content
         duration_ms = (end_ns - self.started_ns) // 1000 / 1000  # to the microsecond
         item = self._identity(status)
         span = self.span
@@ -314,25 +365,30 @@ class Item(_Scope):
                 item["output_length"] = len(encoded)
             attributes.update(content.output_attributes(encoded))
         if fields:
-            item.update(emitter._encode_fields(fields))
+            item.update(rec.fields(fields))
+        message = note if ending is None else ending.message
         if message is not None:
             message = content.text(message)
             error: dict[str, Any] = {"message": message}
-            if error_type is not None:
-                error["type"] = error_type
+            if ending is not None and ending.error_type is not None:
+                error["type"] = ending.error_type
             item["error"] = error
         item["started_at"] = self.started_at
-        item["completed_at"] = completed_at = emitter._clock.format(end_ns)
+        item["completed_at"] = completed_at = rec.clock.format(end_ns)
         item["duration_ms"] = duration_ms
         attributes["otel_events.item.status"] = status
         span.set_attributes(attributes)  # bulky attributes last, in one call
         if self.turn is not None:
             self.turn._open_items.pop(self.id, None)
-        emitter._open_items.pop(self.id, None)
-        emitter._publish("item.completed", self, {"item": item}, completed_at)
-        end_span(span, error_type, message, exception, end_ns)
-        emitter._metrics.record_item(self.type, status, duration_ms / 1e3,
-                                     self._operation, self.name or self.type, error_type)
+        rec.open_items.pop(self.id, None)
+        rec.publish("item.completed", self, {"item": item}, completed_at)
+        error_type = None if ending is None else ending.error_type
+        if ending is not None:
+            end_span(span, ending, message=message, end_time=end_ns)
+        else:
+            span.end(end_time=end_ns)
+        rec.metrics.record_item(self.type, status, duration_ms / 1e3, self._operation,
+                                self.name or self.type, error_type)
 
 
 class Turn(_Scope):
@@ -342,7 +398,8 @@ class Turn(_Scope):
 
     def __init__(self, emitter: EventEmitter) -> None:
         self.emitter = emitter
-        self.id = self.turn_id = f"turn_{next(emitter._turn_ids)}"
+        rec = self._rec = emitter._recorder
+        self.id = self.turn_id = rec.next_turn_id()
         self.input_tokens = 0
         self.cached_input_tokens = 0
         self.output_tokens = 0
@@ -350,11 +407,11 @@ class Turn(_Scope):
         self._open_items: dict[str, Item] = {}
         self.started_ns = time.time_ns()
         # No explicit context: the current span (say an HTTP request) becomes the parent.
-        self.span = start_turn_span(emitter._tracer, emitter.agent_name, emitter.thread_id,
+        self.span = start_turn_span(rec.tracer, emitter.agent_name, emitter.thread_id,
                                     self.id, start_time=self.started_ns)
         self.trace_id, self.span_id = _hex_ids(self.span)
-        emitter._open_turns[self.id] = self
-        emitter._publish("turn.started", self, {}, emitter._clock.format(self.started_ns))
+        rec.open_turns[self.id] = self
+        rec.publish("turn.started", self, {}, rec.clock.format(self.started_ns))
 
     def item(self, item_type: ItemType | str, description: str | None = None, *,
              name: str | None = None, **fields: Any) -> Item:
@@ -365,20 +422,20 @@ class Turn(_Scope):
         """
         if self.ended:
             raise RuntimeError(f"{self.id} has ended: start a new turn for more items")
-        return Item(self.emitter, self, str(item_type), description, name,
-                    _open_parent(self.emitter, self), fields)
+        return Item(self.emitter, self, str(item_type), description, name=name,
+                    parent=_open_parent(self.emitter, self), fields=fields)
 
     start_item = item
 
     def add_usage(self, input_tokens: int = 0, output_tokens: int = 0,
                   cached_input_tokens: int = 0) -> None:
         """Add token usage to the turn; publishes the running total as ``token.count``."""
-        with self.emitter._lock:
+        with self._rec.lock:
             self.input_tokens += input_tokens
             self.output_tokens += output_tokens
             self.cached_input_tokens += cached_input_tokens
             usage = self._usage()
-        self.emitter._publish("token.count", self, {"usage": usage})
+        self._rec.publish("token.count", self, {"usage": usage})
 
     def _usage(self) -> dict[str, int]:
         return {"input_tokens": self.input_tokens,
@@ -387,40 +444,49 @@ class Turn(_Scope):
 
     def complete(self) -> None:
         """End the turn as completed (items still open are ended as abandoned)."""
-        self._end(None, None, None)
+        self._end(ending_of())
 
     def fail(self, error: BaseException | str, *, error_type: str | None = None) -> None:
-        """End the turn as failed."""
-        message = str(error) or type(error).__name__
-        self._end(error_type or _error_type(error), message,
-                  error if isinstance(error, BaseException) else None)
+        """End the turn as failed (or cancelled/abandoned, as ``otel_events.endings``
+        rules for ``error``)."""
+        self._end(ending_of(error, error_type=error_type))
 
-    def _end(self, error_type: str | None, message: str | None,
-             exception: BaseException | None) -> None:
-        emitter = self.emitter
-        with emitter._lock:
+    def cancel(self, reason: str | None = None) -> None:
+        """End the turn as cancelled: its user or the application stopped it.
+
+        Published as ``turn.failed`` with ``error.type`` ``cancelled`` (Codex readers
+        see the turn end); the span's status stays UNSET and alert rules skip it.
+        """
+        self._end(ending_of(reason or "cancelled", error_type=CANCELLED))
+
+    def _end(self, ending: Ending) -> None:
+        rec = self._rec
+        with rec.lock:
             if self.ended:
                 return
             self.ended = True
+        # Items still open end the way the turn did when it was cancelled, else abandoned.
+        inner = CANCELLED if ending.error_type == CANCELLED else ABANDONED
         for item in list(self._open_items.values()):
-            item.fail("turn ended before the item did", error_type=ABANDONED)
+            item.fail("turn ended before the item did", error_type=inner)
         end_ns = time.time_ns()
         duration_ms = (end_ns - self.started_ns) // 1000 / 1000  # to the microsecond
         span = self.span
         set_usage(span, self.input_tokens, self.output_tokens, self.cached_input_tokens)
+        message = ending.message
         body: dict[str, Any]
-        if message is None:
+        if ending.error_type is None:
             body = {"usage": self._usage(), "duration_ms": duration_ms}
-            emitter._publish("turn.completed", self, body, emitter._clock.format(end_ns))
+            rec.publish("turn.completed", self, body, rec.clock.format(end_ns))
         else:
-            message = emitter.content.text(message)
-            body = {"error": {"message": message, "type": error_type},
+            message = rec.content.text(message or ending.error_type)
+            body = {"error": {"message": message, "type": ending.error_type},
                     "usage": self._usage(), "duration_ms": duration_ms}
-            emitter._publish("turn.failed", self, body, emitter._clock.format(end_ns))
-        emitter._open_turns.pop(self.id, None)
-        end_span(span, error_type, message, exception, end_ns)
-        emitter._metrics.record_turn(emitter.agent_name, duration_ms / 1e3, error_type,
-                                     self.input_tokens, self.output_tokens)
+            rec.publish("turn.failed", self, body, rec.clock.format(end_ns))
+        rec.open_turns.pop(self.id, None)
+        end_span(span, ending, message=message, end_time=end_ns)
+        rec.metrics.record_turn(self.emitter.agent_name, duration_ms / 1e3, ending.error_type,
+                                self.input_tokens, self.output_tokens)
 
 
 class EventEmitter:
@@ -428,7 +494,7 @@ class EventEmitter:
 
     ``tracer_provider`` / ``meter_provider`` default to the global ones (whatever the
     application set up); the emitter never replaces them. ``buffer_size`` bounds the
-    events held for subscribers (see ``otel_events.broker`` for the overflow policy).
+    events held for subscribers (see ``otel_events.log`` for the overflow policy).
     """
 
     def __init__(
@@ -446,18 +512,13 @@ class EventEmitter:
         meter_provider = meter_provider or metrics.get_meter_provider()
         self.tracer_provider = tracer_provider
         self.thread_id = thread_id or str(uuid.uuid4())
-        self.agent_name = agent_name or _default_agent_name(tracer_provider)
+        self.agent_name = agent_name or default_agent_name(tracer_provider)
         self.content = content or Content()
-        self._tracer = tracer_provider.get_tracer("otel_events", __version__)
-        self._metrics = AgentMetrics(meter_provider.get_meter("otel_events", __version__))
-        self.log = EventLog(buffer_size)
-        self._lock = threading.Lock()
-        self._clock = _Clock()
-        self._turn_ids = itertools.count(1)
-        self._item_ids = itertools.count(1)
-        self._open_turns: dict[str, Turn] = {}
-        self._open_items: dict[str, Item] = {}
-        self._started = False
+        self._recorder = _Recorder(
+            self.thread_id, tracer_provider.get_tracer("otel_events", __version__),
+            AgentMetrics(meter_provider.get_meter("otel_events", __version__)),
+            self.content, buffer_size)
+        self.log = self._recorder.log
         self._closed = False
         self._sinks: list[Sink] = []
         for sink in sinks:
@@ -478,19 +539,24 @@ class EventEmitter:
         turn = _current_turn.get()
         if turn is not None and turn.emitter is self and not turn.ended:
             return turn
-        return next(reversed(self._open_turns.values()), None)
+        return next(reversed(self._recorder.open_turns.values()), None)
+
+    def open_work(self) -> list[Turn | Item]:
+        """Turns and items started and not yet ended (what ``close`` would abandon)."""
+        rec = self._recorder
+        return [*rec.open_turns.values(), *rec.open_items.values()]
 
     def subscribe(self, after: int | None = None) -> Subscription:
         """An async iterator of this thread's events from now on (or after seq ``after``)."""
         return self.log.subscribe(after)
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        """Stop a subscription (the seed's call; ``subscription.close()`` does the same)."""
+        """Stop a subscription (``subscription.close()`` does the same)."""
         subscription.close()
 
     def add_sink(self, sink: Sink) -> None:
         """Attach a sink (JSONL file, HTTP bridge...): it reads events off the hot path."""
-        sink.start(self.log)
+        sink.start(self.log, self.thread_id)
         self._sinks.append(sink)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -498,15 +564,16 @@ class EventEmitter:
         if self._closed:
             return
         self._closed = True
-        for turn in list(self._open_turns.values()):
+        rec = self._recorder
+        for turn in list(rec.open_turns.values()):
             turn.fail("emitter closed before the turn ended", error_type=ABANDONED)
-        for item in list(self._open_items.values()):
+        for item in list(rec.open_items.values()):
             item.fail("emitter closed before the item ended", error_type=ABANDONED)
         self.log.close()
         for sink in self._sinks:
             sink.close(timeout)
 
-    # -- the seed's calls ---------------------------------------------------------
+    # -- the original design's calls ----------------------------------------------
 
     async def start_item(self, item_type: ItemType | str, description: str | None = None,
                          **fields: Any) -> str:
@@ -514,12 +581,12 @@ class EventEmitter:
         turn = self.current_turn()
         if turn is not None:
             return turn.item(item_type, description, **fields).id
-        return Item(self, None, str(item_type), description, fields.pop("name", None),
-                    _open_parent(self, None), fields).id
+        return Item(self, None, str(item_type), description, name=fields.pop("name", None),
+                    parent=_open_parent(self, None), fields=fields).id
 
     async def complete_item(self, item_id: str, output: Any = None, **fields: Any) -> None:
         """Complete the open item with this id."""
-        item = self._open_items.get(item_id)
+        item = self._recorder.open_items.get(item_id)
         if item is None:
             raise KeyError(f"no open item {item_id!r}")
         item.complete(output, **fields)
@@ -537,41 +604,7 @@ class EventEmitter:
             body.pop(key, None)
         encode = self.content.encode
         payload = {key: orjson.Fragment(encode(value)) for key, value in body.items()}
-        return self._publish(event.type, self.current_turn(), payload)
-
-    # -- internals ---------------------------------------------------------------
-
-    def _encode_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
-        content = self.content
-        if not content.capture:
-            return {key: None for key in fields}
-        return {key: orjson.Fragment(content.encode(value)) for key, value in fields.items()}
-
-    def _publish(self, kind: str, scope: Turn | Item | None, payload: dict[str, Any],
-                 timestamp: str | None = None) -> Entry:
-        """Stamp, encode once and append to the log. The only place events are made."""
-        if timestamp is None:
-            timestamp = self._clock.format(time.time_ns())
-        log = self.log
-        with self._lock:
-            if not self._started:
-                self._started = True
-                log.append("thread.started", _encode({
-                    "type": "thread.started", "thread_id": self.thread_id,
-                    "seq": log.next_seq, "timestamp": timestamp}))
-            if scope is None:
-                body = {"type": kind, "thread_id": self.thread_id, "seq": log.next_seq,
-                        "timestamp": timestamp, **payload}
-            else:
-                body = {"type": kind, "thread_id": self.thread_id, "turn_id": scope.turn_id,
-                        "seq": log.next_seq, "timestamp": timestamp,
-                        "trace_id": scope.trace_id, "span_id": scope.span_id, **payload}
-                # Rare: an item outside any turn, or a tracer that records nothing.
-                if scope.turn_id is None:
-                    del body["turn_id"]
-                if scope.trace_id is None:
-                    del body["trace_id"], body["span_id"]
-            return log.append(kind, _encode(body))
+        return self._recorder.publish(event.type, self.current_turn(), payload)
 
 
 _live: weakref.WeakSet[EventEmitter] = weakref.WeakSet()

@@ -5,7 +5,7 @@ NDJSON batch (everything published while the previous request was in flight), so
 agent only ever appends to memory. The log is the buffer, and it is bounded: while the
 bridge is down, the sink retries the batch in hand with backoff and the log keeps the
 newest events; what the log overwrote meanwhile is counted in ``dropped`` (with the
-broker's policy: transient events go first). Nothing here blocks or raises into agent
+log's overflow policy: transient events go first). Nothing here blocks or raises into agent
 code. A retried batch that had in fact arrived is de-duplicated by the bridge.
 """
 
@@ -18,9 +18,8 @@ import time
 from urllib.parse import quote
 
 import httpx
-import orjson
 
-from otel_events.broker import Entry, EventLog
+from otel_events.log import Cursor, Entry, EventLog
 
 __all__ = ["HttpSink"]
 
@@ -56,59 +55,65 @@ class HttpSink:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.sent = 0
-        self.dropped = 0
         self.rejected = 0
         self.requests = 0
         headers = {"content-type": "application/x-ndjson"}
         if token is not None:
             headers["authorization"] = f"Bearer {token}"
         self._client_args = {"headers": headers, "timeout": timeout, "transport": transport}
-        self._log: EventLog | None = None
+        self._cursor: Cursor | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._deadline: float | None = None
-        self._thread_id: str | None = None
         self._down = False
+        self._lost = 0
 
     # -- the Sink protocol -------------------------------------------------------
 
-    def start(self, log: EventLog) -> None:
+    def start(self, log: EventLog, thread_id: str) -> None:
         if self._thread is not None:
             # Its counters and thread id belong to one emitter: give each its own sink.
             raise RuntimeError("an HttpSink serves one emitter; it is started already")
-        self._log = log
-        self._thread = threading.Thread(target=self._run, args=(log, log.next_seq),
+        self._cursor = cursor = log.cursor()
+        url = f"{self.url}/v1/threads/{quote(thread_id, safe='')}/events"
+        self._thread = threading.Thread(target=self._run, args=(cursor, url),
                                         name="otel-events-http", daemon=True)
         self._thread.start()
+
+    @property
+    def dropped(self) -> int:
+        """Events never delivered: lost while the bridge was unreachable, refused, or
+        still unsent at ``close``."""
+        return self._lost + (0 if self._cursor is None else self._cursor.dropped)
 
     def close(self, timeout: float = 5.0) -> None:
         """Send what was published for up to ``timeout`` seconds, then stop."""
         self._deadline = time.monotonic() + timeout
         self._stop.set()
-        if self._log is not None:
-            self._log.notify()
+        if self._cursor is not None:
+            self._cursor.log.notify()
         if self._thread is not None:
             self._thread.join(timeout + 1.0)
 
     # -- the worker ----------------------------------------------------------------
 
-    def _run(self, log: EventLog, cursor: int) -> None:
+    def _run(self, cursor: Cursor, url: str) -> None:
         client = httpx.Client(**self._client_args)  # type: ignore[arg-type]
         pending: list[Entry] = []
         attempt = 0
         try:
             while True:
                 if not pending:
-                    pending, cursor = self._next_batch(log, cursor)
+                    pending = self._next_batch(cursor)
                     if not pending:
-                        if log.drained(cursor, stopping=self._stop.is_set()):
+                        if cursor.at_end(stopping=self._stop.is_set()):
                             return
-                        log.wait_blocking(cursor, timeout=0.5)
+                        cursor.wait_blocking(timeout=0.5)
                         continue
                 if self._expired():
-                    self.dropped += len(pending) + max(0, log.next_seq - cursor)
+                    self._lost += len(pending) + max(0, cursor.log.next_seq - cursor.position)
                     return
-                outcome = self._post(client, pending)
+                outcome = self._post(client, url, pending)
                 if outcome is None:
                     attempt += 1
                     delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
@@ -131,31 +136,21 @@ class HttpSink:
     def _expired(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
 
-    def _next_batch(self, log: EventLog, cursor: int) -> tuple[list[Entry], int]:
-        while True:
-            entries, new_cursor, skipped, gap = log.read(cursor, limit=self.max_batch)
-            self.dropped += skipped
-            if gap is not None:
-                self.dropped += gap.missed
-                cursor = gap.resume_seq
-                continue
-            break
+    def _next_batch(self, cursor: Cursor) -> list[Entry]:
+        entries, gap = cursor.read(limit=self.max_batch)
+        while gap is not None:  # lost while the bridge was down: counted, then go on
+            cursor.skip(gap)
+            entries, gap = cursor.read(limit=self.max_batch)
         size = 0
         for index, entry in enumerate(entries):
             size += len(entry.json) + 1
             if size > self.max_batch_bytes and index > 0:
-                return entries[:index], entries[index].seq
-        return entries, new_cursor
+                cursor.position = entry.seq  # the rest goes in the next batch
+                return entries[:index]
+        return entries
 
-    def _post(self, client: httpx.Client, batch: list[Entry]) -> bool | None:
+    def _post(self, client: httpx.Client, url: str, batch: list[Entry]) -> bool | None:
         """True: done with the batch (sent or refused for good); None: try again."""
-        if self._thread_id is None:
-            thread_id = orjson.loads(batch[0].json).get("thread_id")
-            if not isinstance(thread_id, str):
-                self.dropped += len(batch)
-                return True
-            self._thread_id = thread_id
-        url = f"{self.url}/v1/threads/{quote(self._thread_id, safe='')}/events"
         body = b"".join(entry.json + b"\n" for entry in batch)
         self.requests += 1
         try:
@@ -176,13 +171,13 @@ class HttpSink:
             except (ValueError, AttributeError, TypeError):  # not the bridge's answer
                 refused = 0 if status == 200 else len(batch)
             self.rejected += refused
-            self.dropped += refused
+            self._lost += refused
             self.sent += len(batch) - refused
             return True
         # 401, 403, 404, 413, 415...: sending the same batch again cannot help.
         _log.warning("otel-events HttpSink: bridge refused a batch of %d events (HTTP %d)",
                      len(batch), status)
-        self.dropped += len(batch)
+        self._lost += len(batch)
         return True
 
     def _went_down(self, why: str) -> None:

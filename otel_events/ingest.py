@@ -30,7 +30,8 @@ from otel_events.protocol import (
     parse_event,
 )
 from otel_events.redaction import Content
-from otel_events.tracing import ABANDONED, end_span, set_usage, start_item_span, start_turn_span
+from otel_events.endings import ABANDONED, CANCELLED, ending_of
+from otel_events.tracing import end_span, set_usage, start_item_span, start_turn_span
 
 __all__ = ["IngestResult", "Ingester", "describe_item"]
 
@@ -187,6 +188,9 @@ class Ingester:
         message: str | None = None
         if abandoned:
             error_type, message = ABANDONED, "the turn ended before the item did"
+        elif status == "cancelled":
+            error_type = CANCELLED
+            message = item.error.message if item.error else "cancelled"
         elif status == "failed":
             error_type = (item.error.type if item.error and item.error.type
                           else f"{item.type}_failed")
@@ -196,7 +200,9 @@ class Ingester:
         if output is not None:
             span.set_attributes(self.content.output_attributes(self.content.encode(output)))
         span.set_attribute("otel_events.item.status", status)
-        end_span(span, error_type, message and self.content.text(message), end_time=now)
+        ending = ending_of(message, error_type=error_type)
+        end_span(span, ending, message=ending.message and self.content.text(ending.message),
+                 end_time=now)
         self.metrics.record_item(item.type, status, (now - open_item.start_ns) / 1e9,
                                  open_item.operation, item.name or item.tool or item.type,
                                  error_type)
@@ -210,7 +216,9 @@ class Ingester:
         for open_item in list(turn.items.values()):
             self._end_item(turn, open_item, now, abandoned=True)
         set_usage(turn.span, input_tokens, output_tokens, cached_input_tokens)
-        end_span(turn.span, error_type, message and self.content.text(message), end_time=now)
+        ending = ending_of(message, error_type=error_type)
+        end_span(turn.span, ending,
+                 message=ending.message and self.content.text(ending.message), end_time=now)
         self.metrics.record_turn(self.agent_name, (now - turn.start_ns) / 1e9, error_type,
                                  input_tokens, output_tokens)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from opentelemetry.metrics import Meter
 
-from otel_events.tracing import ABANDONED
+from otel_events.endings import outcome_of
 
 __all__ = ["AgentMetrics"]
 
@@ -46,7 +46,7 @@ class AgentMetrics:
         )
         self.turns = meter.create_counter(
             "otel_events.turns", unit="{turn}",
-            description="Turns ended, by outcome (completed, failed, abandoned).",
+            description="Turns ended, by outcome (completed, failed, cancelled, abandoned).",
         )
         self.token_usage = meter.create_histogram(
             "gen_ai.client.token.usage", unit="{token}",
@@ -63,8 +63,7 @@ class AgentMetrics:
         output_tokens: int,
     ) -> None:
         """One ended turn; its outcome follows from ``error_type`` (None: completed)."""
-        outcome = ("completed" if error_type is None
-                   else ABANDONED if error_type == ABANDONED else "failed")
+        outcome = outcome_of(error_type)
         attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent_name}
         if error_type is not None:
             attributes["error.type"] = error_type

@@ -12,7 +12,6 @@ Nothing unknown is lost: unknown fields, item types and event types are kept, so
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -24,6 +23,14 @@ from pydantic import (
     Tag,
     TypeAdapter,
     ValidationError,
+)
+
+from otel_events.kinds import (
+    TERMINAL_EVENT_TYPES,
+    TRANSIENT_EVENT_TYPES,
+    EventType,
+    ItemStatus,
+    ItemType,
 )
 
 __all__ = [
@@ -53,63 +60,6 @@ __all__ = [
     "event_json_schema",
     "parse_event",
 ]
-
-
-class EventType(StrEnum):
-    """Every event type this protocol names."""
-
-    THREAD_STARTED = "thread.started"
-    TURN_STARTED = "turn.started"
-    TURN_COMPLETED = "turn.completed"
-    TURN_FAILED = "turn.failed"
-    ITEM_STARTED = "item.started"
-    ITEM_UPDATED = "item.updated"
-    ITEM_COMPLETED = "item.completed"
-    ITEM_PLAN_DELTA = "item.plan.delta"
-    REQUEST_USER_INPUT = "request_user_input"
-    ERROR = "error"
-    PROGRESS_UPDATE = "progress.update"
-    TOKEN_COUNT = "token.count"
-    STREAM_OVERFLOW = "stream.overflow"
-
-
-#: Events a slow reader may lose (the next lifecycle event supersedes them).
-TRANSIENT_EVENT_TYPES = frozenset(
-    {EventType.ITEM_UPDATED, EventType.PROGRESS_UPDATE, EventType.TOKEN_COUNT,
-     EventType.ITEM_PLAN_DELTA}
-)
-#: Events that close something; never dropped silently.
-TERMINAL_EVENT_TYPES = frozenset(
-    {EventType.ITEM_COMPLETED, EventType.TURN_COMPLETED, EventType.TURN_FAILED}
-)
-
-
-class ItemType(StrEnum):
-    """Item types with a meaning of their own; any other string is allowed too."""
-
-    AGENT_MESSAGE = "agent_message"
-    REASONING = "reasoning"
-    PLAN = "plan"
-    COMMAND_EXECUTION = "command_execution"
-    FILE_CHANGE = "file_change"
-    MCP_TOOL_CALL = "mcp_tool_call"
-    COLLAB_TOOL_CALL = "collab_tool_call"
-    WEB_SEARCH = "web_search"
-    TODO_LIST = "todo_list"
-    ERROR = "error"
-    SQL_EXECUTION = "sql_execution"
-    DOC_RETRIEVAL = "doc_retrieval"
-    CHART_GENERATION = "chart_generation"
-    GUARDRAIL_CHECK = "guardrail_check"
-
-
-class ItemStatus(StrEnum):
-    """Where an item is in its life; ``item.completed`` carries one of the last three."""
-
-    IN_PROGRESS = "in_progress"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    DECLINED = "declined"
 
 
 # RFC 3339 with a mandatory offset. A pattern (checked in Rust) rather than a parse, and the

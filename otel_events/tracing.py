@@ -11,17 +11,15 @@ from typing import Any
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
+from otel_events.endings import Ending
+
 __all__ = [
-    "ABANDONED",
     "end_span",
     "item_operation",
     "set_usage",
     "start_item_span",
     "start_turn_span",
 ]
-
-#: ``error.type`` of a turn or item that was never closed (cancelled, process exit).
-ABANDONED = "abandoned"
 
 # Item types whose work is a tool call in GenAI terms.
 _TOOL_TYPES = frozenset({
@@ -103,24 +101,22 @@ def start_item_span(
     return span, operation
 
 
-def end_span(
-    span: Span,
-    error_type: str | None = None,
-    message: str | None = None,
-    exception: BaseException | None = None,
-    end_time: int | None = None,
-) -> None:
-    """End a span; with ``error_type`` it ends as an error, recording the exception.
+def end_span(span: Span, ending: Ending, *, message: str | None = None,
+             end_time: int | None = None) -> None:
+    """End a span as ``ending`` says: ``error.type`` unless completed, status ERROR for
+    failed and abandoned work (not for a cancellation), the exception recorded.
 
     ``message`` must already have been through the content pass: it replaces the
     exception's own text, so the span says what the events say.
     """
+    error_type = ending.error_type
     if error_type is not None:
         span.set_attribute("error.type", error_type)
-        if exception is not None:
-            span.record_exception(exception, timestamp=end_time, escaped=True,
-                                  attributes={"exception.message": message or error_type})
-        span.set_status(Status(StatusCode.ERROR, message or error_type))
+        if ending.is_error:
+            if ending.exception is not None:
+                span.record_exception(ending.exception, timestamp=end_time, escaped=True,
+                                      attributes={"exception.message": message or error_type})
+            span.set_status(Status(StatusCode.ERROR, message or error_type))
     span.end(end_time=end_time)
 
 

@@ -14,7 +14,7 @@ import httpx
 import orjson
 
 from otel_events.bridge import BridgeSettings, create_server
-from otel_events.threads import BridgeThread, ThreadRegistry
+from otel_events.bridge.memory import MemoryBroker, MemoryThread
 
 NDJSON = {"content-type": "application/x-ndjson"}
 
@@ -54,12 +54,12 @@ class Bridge:
         self.client = httpx.Client(base_url=self.url, timeout=10.0)
 
     @property
-    def registry(self) -> ThreadRegistry:
-        registry: ThreadRegistry = self.server.config.app.state.registry
-        return registry
+    def broker(self) -> MemoryBroker:
+        broker: MemoryBroker = self.server.config.app.state.broker
+        return broker
 
-    def thread_state(self, thread_id: str) -> BridgeThread:
-        thread = self.registry.get(thread_id)
+    def thread_state(self, thread_id: str) -> MemoryThread:
+        thread = self.broker.get(thread_id)
         assert thread is not None, f"no thread {thread_id}"
         return thread
 
@@ -106,6 +106,12 @@ def running_bridge(**settings: Any) -> Iterator[Bridge]:
         yield bridge
     finally:
         bridge.stop()
+
+
+def seq_of(event_id: str | None) -> int:
+    """The seq in an SSE id (``epoch:seq``)."""
+    assert event_id is not None
+    return int(event_id.rsplit(":", 1)[-1])
 
 
 def ndjson(events: list[dict[str, Any]]) -> bytes:
@@ -182,11 +188,12 @@ async def sse_messages(response: httpx.Response) -> AsyncIterator[Message]:
 
 
 async def read_events(client: httpx.AsyncClient, path: str, count: int,
-                      headers: dict[str, str] | None = None,
-                      keep_synthetic: bool = False) -> list[Message]:
+                      headers: dict[str, Any] | None = None,
+                      keep_synthetic: bool = False,
+                      params: dict[str, str] | None = None) -> list[Message]:
     """Connect, collect ``count`` messages with data (and comments if asked), disconnect."""
     out: list[Message] = []
-    async with client.stream("GET", path, headers=headers or {}) as response:
+    async with client.stream("GET", path, headers=headers or {}, params=params) as response:
         assert response.status_code == 200, response.status_code
         async for message in sse_messages(response):
             if message.data is None and not keep_synthetic:

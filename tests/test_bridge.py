@@ -14,6 +14,7 @@ from tests.bridge_support import (
     parse_block,
     read_events,
     running_bridge,
+    seq_of,
     sse_messages,
     start_bridge,
     turn_events,
@@ -28,7 +29,7 @@ def bridge() -> Iterator[Bridge]:
 
 
 def ids(messages: list[Message]) -> list[int]:
-    return [int(m.id) for m in messages if m.id is not None]
+    return [seq_of(m.id) for m in messages if m.id is not None and m.event != "reset"]
 
 
 async def test_events_arrive_in_order_with_seq_ids(bridge: Bridge) -> None:
@@ -41,7 +42,7 @@ async def test_events_arrive_in_order_with_seq_ids(bridge: Bridge) -> None:
     for message, sent in zip(got, events, strict=True):
         data = message.json()
         assert message.event == sent["type"] == data["type"]
-        assert data["seq"] == int(message.id or 0)
+        assert data["seq"] == seq_of(message.id)
         assert data["thread_id"] == "th"  # filled in from the URL
         assert data.get("item", {}).get("id") == sent.get("item", {}).get("id")
 
@@ -65,8 +66,7 @@ async def test_live_events_reach_a_client_connected_before_them(bridge: Bridge) 
     async with httpx.AsyncClient(base_url=bridge.url) as client:
         reader = asyncio.create_task(read_events(client, "/v1/threads/live/events",
                                                  len(events)))
-        await asyncio.to_thread(wait_for, lambda: bridge.registry.get("live")
-                                and bridge.thread_state("live").readers == 1)
+        await asyncio.to_thread(wait_for, lambda: bridge.broker.readers("live") == 1)
         for event in events:
             await asyncio.to_thread(bridge.post, "live", [event])
         got = await asyncio.wait_for(reader, 10)
@@ -110,8 +110,9 @@ async def test_expired_cursor_gets_a_reset_snapshot_then_live_events() -> None:
             got = await read_events(client, "/v1/threads/th/events", 1,
                                     headers={"Last-Event-ID": "3"})
             reset = got[0]
-            assert reset.event == "reset" and reset.id is None
             body = reset.json()
+            # The reset carries the position it stands for: the client goes on from there.
+            assert reset.event == "reset" and reset.id == f"{body['epoch']}:{len(events)}"
             assert body["reason"] == "cursor_expired"
             assert body["seq"] == len(events)
             snapshot = body["snapshot"]
@@ -156,8 +157,7 @@ async def test_many_clients_on_one_thread_each_get_every_event(bridge: Bridge) -
             base_url=bridge.url, limits=httpx.Limits(max_connections=clients + 5)) as client:
         readers = [asyncio.create_task(read_events(client, "/v1/threads/fan/events",
                                                    len(events))) for _ in range(clients)]
-        await asyncio.to_thread(wait_for, lambda: bridge.registry.get("fan")
-                                and bridge.thread_state("fan").readers == clients)
+        await asyncio.to_thread(wait_for, lambda: bridge.broker.readers("fan") == clients)
         for start in range(0, len(events), 7):
             await asyncio.to_thread(bridge.post, "fan", events[start:start + 7])
         results = await asyncio.wait_for(asyncio.gather(*readers), 30)
@@ -173,13 +173,14 @@ async def test_disconnect_releases_the_subscription(bridge: Bridge) -> None:
     async with httpx.AsyncClient(base_url=bridge.url) as client:
         streams = [client.stream("GET", "/v1/threads/gone/events") for _ in range(5)]
         responses = [await stream.__aenter__() for stream in streams]
-        await asyncio.to_thread(wait_for, lambda: bridge.registry.get("gone")
-                                and bridge.thread_state("gone").readers == 5)
+        await asyncio.to_thread(wait_for, lambda: bridge.broker.readers("gone") == 5)
         for stream in streams:
             await stream.__aexit__(None, None, None)
         assert all(r.is_closed for r in responses)
-    await asyncio.to_thread(wait_for, lambda: bridge.thread_state("gone").readers == 0,
+    await asyncio.to_thread(wait_for, lambda: bridge.broker.readers("gone") == 0,
                             what="readers released after disconnect")
+    # They were waiting for a thread that never got an event: nothing was created.
+    assert bridge.broker.get("gone") is None and bridge.broker.awaited == 0
 
 
 async def test_shutdown_ends_open_streams() -> None:
@@ -188,8 +189,7 @@ async def test_shutdown_ends_open_streams() -> None:
     try:
         async with (httpx.AsyncClient(base_url=bridge.url) as client,
                     client.stream("GET", "/v1/threads/th/events") as response):
-            await asyncio.to_thread(wait_for, lambda: bridge.registry.get("th")
-                                    and bridge.thread_state("th").readers == 1)
+            await asyncio.to_thread(wait_for, lambda: bridge.broker.readers("th") == 1)
             stopper = asyncio.create_task(asyncio.to_thread(bridge.stop))
             async for _ in sse_messages(response):
                 pass  # ends when the server closes the stream
@@ -217,6 +217,36 @@ def test_thread_list_and_state(bridge: Bridge) -> None:
     assert turn["items"][1]["error"]["message"] == "exit 1"
     assert turn["usage"]["input_tokens"] == 10
     assert bridge.client.get("/v1/threads/nope").status_code == 404
+
+
+async def test_a_position_from_another_epoch_gets_a_reset_even_inside_the_numbering(
+        bridge: Bridge) -> None:
+    bridge.post("th", turn_events("t1", 3))
+    async with httpx.AsyncClient(base_url=bridge.url) as client:
+        first = await read_events(client, "/v1/threads/th/events", 1)
+        epoch = first[0].id.split(":")[0] if first[0].id else ""
+        # Same numbering, same epoch: an exact resume.
+        same = await read_events(client, "/v1/threads/th/events", 1,
+                                 headers={"Last-Event-ID": f"{epoch}:2"})
+        assert same[0].event != "reset" and seq_of(same[0].id) == 3
+        # A seq inside today's numbering but from another epoch (a restarted bridge).
+        other = await read_events(client, "/v1/threads/th/events", 1,
+                                  headers={"Last-Event-ID": "0badc0de:2"})
+    assert other[0].event == "reset" and other[0].json()["reason"] == "epoch_changed"
+
+
+@pytest.mark.parametrize("value", ["abc", "\u00b2", "9" * 5000, "-1", "1:2:3", "x:y"])
+async def test_malformed_or_absurd_positions_get_a_reset_never_an_error(
+        bridge: Bridge, value: str) -> None:
+    bridge.post("th", turn_events("t1", 1))
+    async with httpx.AsyncClient(base_url=bridge.url) as client:
+        by_header = await read_events(client, "/v1/threads/th/events", 1,
+                                      headers={"Last-Event-ID": value.encode()})
+        by_query = await read_events(client, "/v1/threads/th/events", 1,
+                                     params={"last_event_id": value[:64]})
+    for got in (by_header, by_query):
+        assert got[0].event == "reset"
+        assert got[0].json()["reason"] in ("cursor_unknown", "cursor_ahead")
 
 
 def test_parse_block_reads_multi_line_data() -> None:

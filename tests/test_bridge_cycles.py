@@ -8,9 +8,10 @@ import socket
 
 import pytest
 
+from otel_events.bridge.broker import Position
+from otel_events.bridge.memory import MemoryBroker, MemoryThread
+from otel_events.bridge.sse import event_stream
 from otel_events.protocol import parse_event
-from otel_events.sse import event_stream
-from otel_events.threads import BridgeThread, ThreadRegistry
 from tests.bridge_support import parse_block, running_bridge, turn_events, wait_for
 
 
@@ -53,8 +54,7 @@ async def test_10000_connect_disconnect_cycles_leave_no_subscriber_and_no_memory
         after = await asyncio.to_thread(settled)
         assert thread.readers == 0
         # One shared wake-up per loop, however many readers came and went.
-        assert len(log._waiters) <= 1
-        assert len(log._loop_waits) <= 1
+        assert log.waiting <= 1
         # Anything kept per connection would show up 10,000 times over.
         grown = {name: after.get(name, 0) - count for name, count in before.items()
                  if after.get(name, 0) - count > 100}
@@ -64,19 +64,20 @@ async def test_10000_connect_disconnect_cycles_leave_no_subscriber_and_no_memory
         assert sum(after.values()) - sum(before.values()) < 2000
 
 
-def _thread(capacity: int) -> BridgeThread:
-    return BridgeThread("th", capacity, None, dedup_window=capacity)
+def _broker(capacity: int, batch: int = 512) -> tuple[MemoryBroker, MemoryThread]:
+    broker = MemoryBroker(retention_count=capacity, batch=batch)
+    return broker, broker.get_or_create("th")
 
 
-def _publish(thread: BridgeThread, events: list[dict[str, object]]) -> None:
+def _publish(thread: MemoryThread, events: list[dict[str, object]]) -> None:
     # As the ingest endpoint does: the typed event, and the object as sent to encode.
     for event in events:
         thread.publish(parse_event(event), None, dict(event))
 
 
 async def test_a_reader_that_fell_behind_gets_a_reset_then_goes_on() -> None:
-    thread = _thread(capacity=8)
-    stream = event_stream(thread, None, retry_ms=1000, batch=4)
+    broker, thread = _broker(capacity=8, batch=4)
+    stream = event_stream(broker.reader("th", None), retry_ms=1000)
     head = await anext(stream)
     assert head == b"retry: 1000\n\n"
     _publish(thread, turn_events("t1", 3))  # 8 events: fits
@@ -84,19 +85,19 @@ async def test_a_reader_that_fell_behind_gets_a_reset_then_goes_on() -> None:
     assert first.count(b"\n\n") == 4  # a batch of 4 frames
     _publish(thread, turn_events("t2", 10))  # the ring overwrites what it had not read
     reset = parse_block((await anext(stream)).decode().strip())
-    assert reset.event == "reset" and reset.id is None
+    assert reset.event == "reset" and reset.id == f"{thread.epoch}:{thread.log.next_seq - 1}"
     assert reset.json()["reason"] == "fell_behind"
     assert reset.json()["seq"] == thread.log.next_seq - 1
     _publish(thread, [{"type": "turn.started", "turn_id": "t3"}])
     live = parse_block((await anext(stream)).decode().strip())
-    assert live.id == str(thread.log.next_seq - 1)
+    assert live.id == f"{thread.epoch}:{thread.log.next_seq - 1}"
     await stream.aclose()
     assert thread.readers == 0
 
 
 async def test_transient_events_are_skipped_by_a_lagging_reader_not_lifecycle_ones() -> None:
-    thread = _thread(capacity=64)
-    stream = event_stream(thread, 0, retry_ms=1000, batch=1000)
+    broker, thread = _broker(capacity=64, batch=1000)
+    stream = event_stream(broker.reader("th", Position(0)), retry_ms=1000)
     await anext(stream)
     updates = [{"type": "item.updated", "item": {"id": "i", "type": "x"}}] * 40
     _publish(thread, [{"type": "turn.started"}, *updates, {"type": "turn.completed"}])
@@ -109,8 +110,9 @@ async def test_transient_events_are_skipped_by_a_lagging_reader_not_lifecycle_on
 
 
 async def test_caught_up_readers_share_one_joined_chunk() -> None:
-    thread = _thread(capacity=64)
-    streams = [event_stream(thread, 0, retry_ms=1000) for _ in range(3)]
+    broker, thread = _broker(capacity=64)
+    streams = [event_stream(broker.reader("th", Position(0)), retry_ms=1000)
+               for _ in range(3)]
     for stream in streams:
         await anext(stream)
     _publish(thread, turn_events("t1", 2))
@@ -120,22 +122,42 @@ async def test_caught_up_readers_share_one_joined_chunk() -> None:
         await stream.aclose()
 
 
-def test_idle_threads_expire_unless_read() -> None:
-    registry = ThreadRegistry(idle_expiry=10.0)
+async def test_a_reader_of_an_unknown_thread_waits_without_creating_it() -> None:
+    broker = MemoryBroker(max_threads=1)
+    stream = event_stream(broker.reader("later", None), retry_ms=1000)
+    await anext(stream)
+    waiting = asyncio.create_task(anext(stream))
+    for _ in range(1000):  # parked on the thread's first event
+        if not broker.readers("later") == 0:
+            break
+        await asyncio.sleep(0)
+    assert len(broker) == 0  # no registry capacity held by a reader
+    _publish(broker.get_or_create("later"), turn_events("t1", 0))
+    data = await asyncio.wait_for(waiting, 10)
+    assert b"event: turn.started" in data
+    await stream.aclose()
+    assert broker.readers("later") == 0 and broker.awaited == 0
+
+
+async def test_idle_threads_expire_unless_read() -> None:
+    registry = MemoryBroker(idle_expiry=10.0)
     idle = registry.get_or_create("idle")
     read = registry.get_or_create("read")
-    read.readers = 1
+    _publish(read, turn_events("t1", 0))
+    reader = registry.reader("read", None)
+    assert await reader.next() is not None  # attached: a reader of "read" now
     now = idle.last_active + 11
     assert registry.sweep(now) == 1
     assert registry.get("idle") is None and idle.log.closed
     assert registry.get("read") is read
-    read.reader_left()
+    reader.close()
+    assert read.readers == 0
     assert registry.sweep(read.last_active + 11) == 1
     assert len(registry) == 0
 
 
 def test_thread_count_is_bounded() -> None:
-    registry = ThreadRegistry(max_threads=2, idle_expiry=None)
+    registry = MemoryBroker(max_threads=2, idle_expiry=None)
     registry.get_or_create("a")
     registry.get_or_create("b")
     try:
@@ -154,7 +176,7 @@ def test_a_stalled_client_is_disconnected_after_the_send_timeout(
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.connect(("127.0.0.1", port))
         stalled.sendall(b"GET /v1/threads/th/events HTTP/1.1\r\nHost: x\r\n\r\n")
-        wait_for(lambda: bridge.registry.get("th") and bridge.thread_state("th").readers == 1)
+        wait_for(lambda: bridge.broker.readers("th") == 1)
         big = [{"type": "item.completed", "item": {"id": f"i{n}", "type": "x",
                                                    "text": "y" * 2000}} for n in range(2000)]
         for start in range(0, len(big), 200):  # far more than the socket buffers hold
@@ -166,7 +188,7 @@ def test_a_stalled_client_is_disconnected_after_the_send_timeout(
 
 
 def test_the_snapshot_is_encoded_once_per_seq() -> None:
-    thread = _thread(capacity=8)
+    _, thread = _broker(capacity=8)
     _publish(thread, turn_events("t1", 1))
     first = thread.snapshot_json()
     assert thread.snapshot_json() is first
@@ -178,7 +200,7 @@ def test_the_snapshot_is_encoded_once_per_seq() -> None:
 def test_a_thread_holds_about_its_retained_bytes_and_no_more() -> None:
     import tracemalloc
 
-    thread = _thread(capacity=512)
+    _, thread = _broker(capacity=512)
     event = {"type": "item.completed", "item": {"id": "i", "type": "x", "text": "y" * 300}}
     tracemalloc.start()
     try:
@@ -188,9 +210,8 @@ def test_a_thread_holds_about_its_retained_bytes_and_no_more() -> None:
     finally:
         tracemalloc.stop()
     entry = thread.log.get(thread.log.next_seq - 1)
-    assert entry is not None and entry.frame is not None
-    assert entry.frame.endswith(entry.json + b"\n\n")
-    # JSON and frame of each retained event, with room for the objects around them;
-    # orjson's 4 KiB buffers would make this about 2 MiB.
-    per_event = len(entry.json) + len(entry.frame)
+    assert entry is not None
+    # The JSON of each retained event, with room for the objects around them; orjson's
+    # 4 KiB buffers would make this about 2 MiB.
+    per_event = len(entry.json)
     assert held < 512 * per_event * 2, f"{held} bytes for 512 events of {per_event}"

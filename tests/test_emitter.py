@@ -323,7 +323,7 @@ def test_outputs_that_cannot_be_encoded_never_break_the_item(telemetry: Telemetr
     second = next(e for e in logged(hooked) if e["type"] == "item.completed")["item"]
     assert second["status"] == "completed"
     assert second["output"] == "[not recorded: RuntimeError]"
-    assert em._open_items == {} and hooked._open_items == {}
+    assert em.open_work() == [] and hooked.open_work() == []
     em.close()
     hooked.close()
 

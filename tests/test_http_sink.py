@@ -73,7 +73,7 @@ def test_a_bridge_that_starts_late_gets_everything_still_buffered(
     wait_for(lambda: sink.requests >= 2, what="the sink to retry")
     bridge = start_bridge(port=port)
     try:
-        wait_for(lambda: bridge.registry.get("late") is not None
+        wait_for(lambda: bridge.broker.get("late") is not None
                  and bridge.thread_state("late").log.next_seq - 1 == published,
                  what="the buffered events to arrive")
         emitter.close(timeout=5.0)
@@ -126,4 +126,4 @@ def test_a_refused_batch_is_dropped_and_counted(telemetry: Telemetry) -> None:
         published = emitter.log.next_seq - 1
         emitter.close(timeout=5.0)
         assert (sink.sent, sink.dropped) == (0, published)
-        assert bridge.registry.get("refused") is None
+        assert bridge.broker.get("refused") is None

@@ -1,4 +1,4 @@
-"""Fan-out of one event stream to many readers, in bounded memory.
+"""The event log: one stream's recent events, read by many cursors, in bounded memory.
 
 An ``EventLog`` is a ring of the most recent events of one stream, indexed by ``seq``.
 Publishing writes one slot and, at most once per batch, wakes the readers that wait:
@@ -23,18 +23,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from otel_events.protocol import TRANSIENT_EVENT_TYPES, Event, StreamOverflow, parse_event
+import orjson
+
+from otel_events.kinds import TRANSIENT_EVENT_TYPES
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["Entry", "EventLog", "Gap", "Subscription"]
+    from otel_events.protocol import Event
+
+__all__ = ["Cursor", "Entry", "EventLog", "Gap", "Subscription", "overflow_json"]
 
 _TRANSIENT = frozenset(str(t) for t in TRANSIENT_EVENT_TYPES)
 
@@ -43,27 +46,26 @@ class Entry:
     """One published event: its seq, type and JSON encoding, made once for all readers.
 
     ``entry.event`` is the typed event, parsed on first use and then shared by every
-    reader; readers that only forward bytes never pay for it. Other attributes fall
-    through to it, so ``entry.item.description`` works as on the event itself.
+    reader; readers that only forward bytes never pay for it (nor for importing the
+    protocol's models). Other attributes fall through to it, so
+    ``entry.item.description`` works as on the event itself.
     """
 
-    __slots__ = ("_event", "frame", "json", "seq", "time", "transient", "type")
+    __slots__ = ("_event", "json", "seq", "transient", "type")
 
-    def __init__(self, seq: int, type: str, json: bytes, time: float,
-                 frame: bytes | None = None) -> None:
+    def __init__(self, seq: int, type: str, json: bytes) -> None:
         self.seq = seq
         self.type = type
         self.json = json
-        self.time = time
         self.transient = type in _TRANSIENT
-        #: The event in another wire form (the bridge's SSE frame), also made once.
-        self.frame = frame
         self._event: Event | None = None
 
     @property
     def event(self) -> Event:
         """The typed event, parsed on first use and shared by every reader."""
         if self._event is None:
+            from otel_events.protocol import parse_event
+
             self._event = parse_event(self.json)
         return self._event
 
@@ -87,17 +89,17 @@ class EventLog:
     """A bounded ring of one stream's events, by seq, with wake-ups for waiting readers.
 
     ``append`` may be called from any thread, but from one at a time (the caller
-    serialises, as the emitter does under its lock). Readers run in asyncio loops or
-    threads.
+    serialises, as the emitter does under its lock). Readers are ``Cursor`` objects and
+    run in asyncio loops or threads. What to forget besides the oldest events (by age,
+    by bytes) is the owner's decision: it calls ``forget_before``.
     """
 
-    def __init__(self, capacity: int = 4096, max_age: float | None = None) -> None:
+    def __init__(self, capacity: int = 4096) -> None:
         if capacity < 2:
             raise ValueError("capacity must be at least 2")
         self.capacity = capacity
-        self.max_age = max_age
         # Grown as events arrive, up to ``capacity``: a log that is made but little
-        # used (a thread a client opened before any event) stays small.
+        # used stays small.
         self._ring: list[Entry | None] = [None] * min(capacity, 64)
         #: Seq of the next event to be appended.
         self.next_seq = 1
@@ -114,14 +116,10 @@ class EventLog:
 
     # -- writing ---------------------------------------------------------------
 
-    def append(self, type: str, json: bytes, now: float | None = None,
-               frame: bytes | None = None) -> Entry:
-        """Add the event with seq ``next_seq`` (already encoded in ``json``, and ``frame``)."""
+    def append(self, type: str, json: bytes) -> Entry:
+        """Add the event with seq ``next_seq``, already encoded as ``json``."""
         seq = self.next_seq
-        if now is None:
-            # Only age-bounded logs (the bridge's) need the time of each event.
-            now = time.monotonic() if self.max_age is not None else 0.0
-        entry = Entry(seq, type, json, now, frame)
+        entry = Entry(seq, type, json)
         ring = self._ring
         if seq >= len(ring) and len(ring) < self.capacity:
             # Before the first wrap every seq sits at its own index, so growing keeps
@@ -133,21 +131,16 @@ class EventLog:
             self._evict(old)
         ring[slot] = entry
         self.next_seq = seq + 1
-        if self.max_age is not None:
-            self.trim(entry.time)
         if self._waiters:
             self._wake()
         return entry
 
-    def trim(self, now: float | None = None) -> None:
-        """Drop events older than ``max_age``."""
-        if self.max_age is None:
-            return
-        horizon = (time.monotonic() if now is None else now) - self.max_age
+    def forget_before(self, seq: int) -> None:
+        """Drop every event below ``seq`` (retention by age or size, decided by the owner)."""
         ring, cap = self._ring, self.capacity
-        while self.first_seq < self.next_seq:
+        while self.first_seq < min(seq, self.next_seq):
             entry = ring[self.first_seq % cap]
-            if entry is None or entry.seq != self.first_seq or entry.time >= horizon:
+            if entry is None or entry.seq != self.first_seq:
                 break
             ring[self.first_seq % cap] = None
             self._evict(entry)
@@ -171,21 +164,18 @@ class EventLog:
     def closed(self) -> bool:
         return self._closed
 
-    def drained(self, cursor: int, stopping: bool = False) -> bool:
-        """Closed (or the reader is ``stopping``), and a reader at ``cursor`` has read
-        everything: it may stop.
-
-        Checking ``closed`` alone after an empty read would lose the events appended
-        between the two (the final ones, as a rule).
-        """
-        return (self._closed or stopping) and cursor >= self.next_seq
+    @property
+    def waiting(self) -> int:
+        """Wake-ups registered now: at most one per event loop plus one per blocked
+        thread, however many readers wait (a diagnostic, and the fan-out's contract)."""
+        return len(self._waiters)
 
     # -- reading ---------------------------------------------------------------
 
     def read(
         self, cursor: int, limit: int = 256, soft_lag: int | None = None
     ) -> tuple[list[Entry], int, int, Gap | None]:
-        """Up to ``limit`` entries from ``cursor`` on.
+        """Up to ``limit`` entries from ``cursor`` on (the primitive under ``Cursor``).
 
         Returns ``(entries, new_cursor, skipped, gap)``: ``skipped`` transient events were
         passed over; ``gap`` is set when a lifecycle event at or after ``cursor`` is gone.
@@ -249,7 +239,7 @@ class EventLog:
             wake()
 
     async def wait(self, cursor: int) -> None:
-        """Return once there is an event at or after ``cursor``, or the log is closed.
+        """Return once there is an event at or after ``cursor``, or on ``notify``/``close``.
 
         The readers waiting in one loop share one wake-up: a batch of appends costs the
         publisher a single ``call_soon`` however many readers there are, and that one
@@ -299,16 +289,19 @@ class EventLog:
             self._waiters.remove(ready.set)
         return False
 
-    def subscribe(self, after: int | None = None, soft_lag: int | None = None) -> Subscription:
+    def cursor(self, after: int | None = None, soft_lag: int | None = None) -> Cursor:
         """A reader starting after seq ``after`` (default: only new events)."""
-        cursor = self.next_seq if after is None else after + 1
-        return Subscription(self, cursor, soft_lag if soft_lag is not None else self.capacity // 2)
+        position = self.next_seq if after is None else after + 1
+        return Cursor(self, position, self.capacity // 2 if soft_lag is None else soft_lag)
+
+    def subscribe(self, after: int | None = None, soft_lag: int | None = None) -> Subscription:
+        """An async iterator of entries starting after seq ``after`` (default: new ones)."""
+        return Subscription(self.cursor(after, soft_lag))
 
 
 def overflow_json(last_seq: int, missed: int) -> bytes:
     """The ``stream.overflow`` event for a reader cut off after ``last_seq``."""
-    return StreamOverflow(last_seq=last_seq, missed=missed).model_dump_json(
-        exclude_none=True).encode()
+    return orjson.dumps({"type": "stream.overflow", "last_seq": last_seq, "missed": missed})
 
 
 class _LoopWaiters:
@@ -333,24 +326,99 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+class Cursor:
+    """One reader's place in a log: the single reading loop every consumer shares.
+
+    ``read()`` returns the next entries and applies the overflow policy: a reader more
+    than ``soft_lag`` behind skips transient events, and a lost lifecycle event comes
+    back as a ``Gap`` that the consumer answers in its own way (a ``stream.overflow``
+    line, a reset, a count) before calling ``skip``. ``dropped`` counts every event this
+    reader skipped or lost. ``close()`` ends the reader and wakes it if it is parked.
+    """
+
+    __slots__ = ("_closed", "_log", "dropped", "position", "soft_lag")
+
+    def __init__(self, log: EventLog, position: int, soft_lag: int) -> None:
+        self._log = log
+        #: The seq of the next event this reader wants.
+        self.position = position
+        self.soft_lag = soft_lag
+        self.dropped = 0
+        self._closed = False
+
+    @property
+    def log(self) -> EventLog:
+        return self._log
+
+    def read(self, limit: int = 256) -> tuple[list[Entry], Gap | None]:
+        """The next entries (possibly none), or a ``Gap`` where a lifecycle event was lost."""
+        if self._closed:
+            return [], None
+        entries, self.position, skipped, gap = self._log.read(
+            self.position, limit, self.soft_lag)
+        self.dropped += skipped
+        return entries, gap
+
+    def skip(self, gap: Gap) -> None:
+        """Go on after a gap, counting what was lost."""
+        self.dropped += gap.missed
+        self.position = max(self.position, gap.resume_seq)
+
+    def at_end(self, stopping: bool = False) -> bool:
+        """Closed (or the log closed, or the reader ``stopping``) with nothing left to read.
+
+        Checking ``closed`` alone after an empty read would lose the events appended
+        between the two (the final ones, as a rule).
+        """
+        if self._closed:
+            return True
+        log = self._log
+        return (log.closed or stopping) and self.position >= log.next_seq
+
+    async def wait(self) -> None:
+        """Return once there is something to read, or the log or this cursor is closed."""
+        if not self._closed:
+            await self._log.wait(self.position)
+
+    def wait_blocking(self, timeout: float | None = None) -> bool:
+        """Thread version of ``wait``; False on timeout."""
+        return self._closed or self._log.wait_blocking(self.position, timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stop reading; a reader parked in ``wait`` (any task or thread) wakes up."""
+        if not self._closed:
+            self._closed = True
+            # Close is rare: waking every parked reader of the log (they re-check and
+            # park again) keeps the wait path free of per-reader bookkeeping.
+            self._log.notify()
+
+
 class Subscription:
     """An async iterator over one stream's events, each an ``Entry``.
 
-    An entry carries the event's seq, type and JSON bytes, and the typed event as
-    ``entry.event`` (its fields are also reachable on the entry itself). ``get()``
-    returns the next one, as the seed's ``asyncio.Queue`` did. The iterator ends when the
-    log is closed and drained, when ``close()`` is called, or after a
-    ``stream.overflow`` event.
+    ``get()`` returns the next one, as the original design's ``asyncio.Queue`` did. The
+    iterator ends when the log is closed and drained, when ``close()`` is called (from
+    any task: a parked reader wakes), or after a ``stream.overflow`` event.
     """
 
-    def __init__(self, log: EventLog, cursor: int, soft_lag: int) -> None:
-        self._log = log
-        self.cursor = cursor
-        self.soft_lag = soft_lag
-        #: Transient events this reader skipped or lost.
-        self.dropped = 0
+    def __init__(self, cursor: Cursor) -> None:
+        self._cursor = cursor
         self._pending: list[Entry] = []
-        self._closed = False
+        self._ended = False
+
+    @property
+    def position(self) -> int:
+        """The seq of the next event this subscription will read from the log."""
+        return self._cursor.position
+
+    @property
+    def dropped(self) -> int:
+        """Events this reader skipped or lost."""
+        return self._cursor.dropped
 
     def __aiter__(self) -> Subscription:
         return self
@@ -364,7 +432,7 @@ class Subscription:
         return entry
 
     async def get(self) -> Entry:
-        """The next event (the seed's ``queue.get()``); raises ``StopAsyncIteration`` at the end."""
+        """The next event (the queue-like call); raises ``StopAsyncIteration`` at the end."""
         return await self.__anext__()
 
     async def next_entry(self) -> Entry | None:
@@ -379,34 +447,30 @@ class Subscription:
             yield entry
 
     async def _refill(self) -> Entry | None:
-        while True:
-            if self._closed:
-                return None
-            entries, self.cursor, skipped, gap = self._log.read(
-                self.cursor, soft_lag=self.soft_lag
-            )
-            self.dropped += skipped
+        cursor = self._cursor
+        while not self._ended:
+            entries, gap = cursor.read()
             if gap is not None:
-                self._closed = True
-                return self._overflow_entry(gap)
+                # A lost lifecycle event: one final stream.overflow, then the end.
+                self._ended = True
+                cursor.skip(gap)
+                cursor.close()
+                return Entry(0, "stream.overflow",  # seq 0: never moves a cursor
+                             overflow_json(gap.resume_seq - gap.missed - 1, cursor.dropped))
             if entries:
                 entries.reverse()
                 self._pending = entries
                 return entries.pop()
-            if self._log.drained(self.cursor):
-                self._closed = True
+            if cursor.at_end():
+                self._ended = True
                 return None
-            await self._log.wait(self.cursor)
-
-    def _overflow_entry(self, gap: Gap) -> Entry:
-        # seq 0: a synthetic event never moves a reader's cursor.
-        return Entry(0, "stream.overflow", overflow_json(self.cursor - 1,
-                                                         gap.missed + self.dropped), 0.0)
+            await cursor.wait()
+        return None
 
     def close(self) -> None:
-        """Stop reading; a reader holds nothing else, so this is all the clean-up there is."""
-        self._closed = True
+        """Stop reading (wakes a reader parked in another task)."""
         self._pending.clear()
+        self._cursor.close()
 
     async def __aenter__(self) -> Subscription:
         return self

@@ -227,7 +227,7 @@ function connect() {
   };
   for (const type of EVENT_TYPES) {
     source.addEventListener(type, (msg) => {
-      if (msg.lastEventId) lastId = Number(msg.lastEventId);
+      if (msg.lastEventId) lastId = msg.lastEventId;  // "epoch:seq", kept as sent
       apply(JSON.parse(msg.data));
       // Exposed for checks (and curious users): how many events this page applied.
       document.body.dataset.applied = String(Number(document.body.dataset.applied || 0) + 1);
@@ -237,8 +237,8 @@ function connect() {
   source.addEventListener("reset", (msg) => {
     const body = JSON.parse(msg.data);
     fromSnapshot(body.snapshot);
-    // A reset describes the state up to its seq; the stream goes on from there.
-    lastId = body.seq;
+    // A reset describes the state up to its position; the stream goes on from there.
+    lastId = msg.lastEventId || `${body.epoch}:${body.seq}`;
     document.body.dataset.resets = String(Number(document.body.dataset.resets || 0) + 1);
     document.body.dataset.lastReset = body.reason;
     changed();

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import orjson
 import pytest
 
-from otel_events.broker import EventLog
+from otel_events.log import EventLog
 from otel_events.protocol import StreamOverflow
 
 
-def put(log: EventLog, kind: str, now: float | None = None) -> None:
+def put(log: EventLog, kind: str) -> None:
     body: dict[str, object] = {"type": kind, "seq": log.next_seq}
     if kind.startswith("item."):
         body["item"] = {"id": "item_1", "type": "reasoning"}
     elif kind == "progress.update":
         body["item_id"] = "item_1"
-    log.append(kind, orjson.dumps(body), now)
+    log.append(kind, orjson.dumps(body))
 
 
 async def test_many_subscribers_each_get_every_event_in_order() -> None:
@@ -45,10 +46,10 @@ async def test_publisher_wakes_once_per_batch_whatever_the_number_of_readers() -
     subs = [log.subscribe() for _ in range(50)]
     tasks = [asyncio.create_task(sub.get()) for sub in subs]
     await asyncio.sleep(0)  # every reader is now parked
-    assert len(log._waiters) == 1  # one waiter for the whole loop
+    assert log.waiting == 1  # one waiter for the whole loop
     for _ in range(5):
         put(log, "item.updated")
-    assert log._waiters == []  # the first append woke the batch; later ones had nothing to do
+    assert log.waiting == 0  # the first append woke the batch; later ones had nothing to do
     events = await asyncio.gather(*tasks)
     assert {e.seq for e in events} == {1}
 
@@ -109,11 +110,12 @@ async def test_reader_that_lost_a_lifecycle_event_is_cut_off_with_a_final_event(
     assert len(log) == 4
 
 
-def test_max_age_trims_old_events_and_gap_is_reported() -> None:
-    log = EventLog(capacity=100, max_age=10.0)
-    put(log, "turn.started", now=0.0)
-    put(log, "item.updated", now=1.0)
-    put(log, "item.started", now=20.0)  # both earlier events are now older than 10 s
+def test_forget_before_drops_old_events_and_gap_is_reported() -> None:
+    log = EventLog(capacity=100)
+    put(log, "turn.started")
+    put(log, "item.updated")
+    put(log, "item.started")
+    log.forget_before(3)  # the owner's retention (age, bytes) let the first two go
     assert log.first_seq == 3
     entries, _, _, gap = log.read(1)
     assert gap is not None and gap.resume_seq == 3 and entries == []
@@ -156,7 +158,7 @@ async def test_closed_subscription_ends_and_holds_nothing() -> None:
     put(log, "turn.started")
     sub.close()
     assert [e async for e in sub] == []
-    assert log._waiters == []
+    assert log.waiting == 0
 
 
 def test_capacity_must_be_sane() -> None:
@@ -187,7 +189,7 @@ def test_a_thread_reader_that_timed_out_leaves_no_waiter_behind() -> None:
     log = EventLog(capacity=8)
     for _ in range(3):
         assert log.wait_blocking(1, timeout=0.01) is False
-    assert log._waiters == []
+    assert log.waiting == 0
 
 
 def test_the_ring_grows_with_use_and_then_wraps() -> None:
@@ -204,3 +206,51 @@ def test_the_ring_grows_with_use_and_then_wraps() -> None:
     entries, _, _, _ = log.read(151, limit=1000)
     assert [e.seq for e in entries] == list(range(151, 451))
     assert log.get(150) is None and log.get(450) is not None and log.get(451) is None
+
+
+async def test_close_from_another_task_wakes_a_parked_reader() -> None:
+    log = EventLog(capacity=8)
+    sub = log.subscribe()
+    reader = asyncio.create_task(sub.next_entry())
+    for _ in range(1000):  # parked: its wake-up is registered
+        if not log.waiting == 0:
+            break
+        await asyncio.sleep(0)
+    sub.close()
+    assert await asyncio.wait_for(reader, 10) is None
+
+
+def test_cursor_close_from_another_thread_wakes_a_blocked_reader() -> None:
+    log = EventLog(capacity=8)
+    cursor = log.cursor()
+    woke = threading.Event()
+
+    def reader() -> None:
+        cursor.wait_blocking(timeout=30)
+        woke.set()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while log.waiting == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    cursor.close()
+    thread.join(10)
+    assert woke.is_set() and cursor.at_end()
+
+
+def test_cursor_skips_transients_when_lagging_and_reports_a_lost_lifecycle_event() -> None:
+    log = EventLog(capacity=8)
+    cursor = log.cursor(after=0, soft_lag=2)
+    for kind in ("turn.started", "item.updated", "progress.update", "item.started"):
+        put(log, kind)
+    entries, gap = cursor.read()
+    assert gap is None and [e.type for e in entries] == ["turn.started", "item.started"]
+    assert cursor.dropped == 2
+    for _ in range(10):
+        put(log, "item.completed")  # overwrites what the cursor has not read
+    cursor.position = 5
+    entries, gap = cursor.read()
+    assert entries == [] and gap is not None
+    cursor.skip(gap)
+    assert cursor.position == gap.resume_seq and cursor.dropped == 2 + gap.missed

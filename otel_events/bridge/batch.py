@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
-from otel_events.protocol import Event, describe_error, parse_event
+from otel_events.bridge.broker import EventLine
+from otel_events.protocol import describe_error, parse_event
 
 __all__ = ["NDJSON_TYPES", "ParsedBatch", "UnsupportedMediaType", "parse_batch"]
 
@@ -33,10 +33,9 @@ class UnsupportedMediaType(ValueError):
 
 @dataclass(slots=True)
 class ParsedBatch:
-    """Events in body order: line number, typed event, de-duplication digest, and the
-    validated object as sent."""
+    """The valid lines in body order, and the rejected ones with why."""
 
-    events: list[tuple[int, Event, int | None, dict[str, Any]]] = field(default_factory=list)
+    events: list[EventLine] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -65,7 +64,7 @@ def _check(line: int, value: object, thread_id: str, batch: ParsedBatch) -> None
     # the producer's seq are ever de-duplicated, so only they need the digest.
     digest = (hash(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
               if event.seq is not None else None)
-    batch.events.append((line, event, digest, value))
+    batch.events.append(EventLine(line, event, digest, value))
 
 
 def parse_batch(body: bytes, media_type: str, thread_id: str) -> ParsedBatch:

@@ -1,0 +1,380 @@
+"""``MemoryBroker``: the bridge's threads kept in this process (the embedded default).
+
+Each thread is an ``EventLog`` (its recent events, read by every client's cursor), its
+folded ``ThreadSnapshot``, and a window of producer lines already accepted. The bridge
+owns each thread's ``seq``: an accepted event is re-numbered and encoded once as JSON;
+every client then reads those same bytes. A thread's epoch is made when the thread is:
+a restart or an expiry gives a new one, so no old position can be misread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import orjson
+
+from otel_events.bridge.broker import (
+    Appended,
+    Batch,
+    EventLine,
+    Position,
+    Reset,
+    TooManyThreads,
+)
+from otel_events.bridge.snapshot import ThreadSnapshot
+from otel_events.log import Cursor, EventLog
+from otel_events.protocol import Event, encode_event
+
+__all__ = ["THREAD_ID_PATTERN", "MemoryBroker", "MemoryThread", "valid_thread_id"]
+
+#: Thread ids the bridge accepts: they end up in URLs, logs and span attributes.
+THREAD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+_THREAD_ID = re.compile(THREAD_ID_PATTERN)
+
+# Why a reset was sent, in its ``reason`` field.
+CURSOR_EXPIRED = "cursor_expired"
+CURSOR_AHEAD = "cursor_ahead"
+CURSOR_UNKNOWN = "cursor_unknown"
+EPOCH_CHANGED = "epoch_changed"
+FELL_BEHIND = "fell_behind"
+HISTORY_EXPIRED = "history_expired"
+
+
+def valid_thread_id(thread_id: str) -> bool:
+    return _THREAD_ID.match(thread_id) is not None
+
+
+def new_epoch() -> str:
+    """A short random token: two epochs of one thread never collide in practice."""
+    return secrets.token_hex(4)
+
+
+class MemoryThread:
+    """One thread as the bridge holds it: its log, its folded state, its readers."""
+
+    def __init__(self, thread_id: str, capacity: int, max_age: float | None,
+                 dedup_window: int, max_turns: int = 20) -> None:
+        self.thread_id = thread_id
+        self.epoch = new_epoch()
+        self.log = EventLog(capacity)
+        self.snapshot = ThreadSnapshot(thread_id, max_turns=max_turns)
+        self.max_age = max_age
+        #: SSE connections reading this thread now.
+        self.readers = 0
+        self.last_active = time.monotonic()
+        # (arrival time, seq), oldest first: what age-based retention trims.
+        self._arrivals: deque[tuple[float, int]] = deque()
+        self._seen: dict[tuple[int, int], None] = {}
+        self._dedup_window = dedup_window
+        self._snapshot_json: tuple[int, bytes] | None = None
+        #: Scratch space of the SSE layer (see ``Batch.shared``).
+        self.shared: dict[Any, Any] = {}
+
+    def publish(self, event: Event, digest: int | None = None,
+                raw: dict[str, Any] | None = None) -> int | None:
+        """Number, encode and append one event; ``None`` if it was already accepted.
+
+        ``raw`` is the validated event as the producer sent it: encoding that (with the
+        bridge's seq) is several times cheaper than serialising the model again.
+        """
+        producer_seq = event.seq
+        if producer_seq is not None and digest is not None:
+            key = (producer_seq, digest)
+            seen = self._seen
+            if key in seen:
+                return None
+            seen[key] = None
+            if len(seen) > self._dedup_window:
+                del seen[next(iter(seen))]
+        log = self.log
+        seq = log.next_seq
+        if raw is not None:
+            body = dict(raw)
+            if body.get("thread_id") is None:
+                body["thread_id"] = self.thread_id
+            body["seq"] = seq
+            # orjson's result holds a buffer of at least 4 KiB whatever its length; the
+            # log keeps an exact-size copy (slicing one off makes one).
+            data = orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)[:-1]
+        else:
+            event.seq = seq
+            if event.thread_id is None:
+                event.thread_id = self.thread_id
+            data = encode_event(event)
+        log.append(event.type, data)
+        self.snapshot.apply(event, seq)
+        now = time.monotonic()
+        self.last_active = now
+        if self.max_age is not None:
+            self._arrivals.append((now, seq))
+            self.trim(now)
+        return seq
+
+    def trim(self, now: float | None = None) -> None:
+        """Forget events older than ``max_age``."""
+        if self.max_age is None:
+            return
+        horizon = (time.monotonic() if now is None else now) - self.max_age
+        arrivals = self._arrivals
+        keep_from = 0
+        while arrivals and (arrivals[0][0] < horizon or arrivals[0][1] < self.log.first_seq):
+            keep_from = arrivals.popleft()[1] + 1
+        if keep_from:
+            self.log.forget_before(keep_from)
+
+    def snapshot_json(self) -> bytes:
+        """The folded state as JSON, encoded once per seq."""
+        seq = self.snapshot.seq
+        cached = self._snapshot_json
+        if cached is None or cached[0] != seq:
+            cached = (seq, orjson.dumps(self.snapshot.to_dict()))
+            self._snapshot_json = cached
+        return cached[1]
+
+    def reset(self, reason: str) -> Reset:
+        return Reset(reason, self.epoch, self.snapshot.seq, self.snapshot_json())
+
+
+class MemoryReader:
+    """A client's reader of one ``MemoryThread`` (a cursor on its log)."""
+
+    def __init__(self, broker: MemoryBroker, thread_id: str, position: Position | None,
+                 batch: int) -> None:
+        self._broker = broker
+        self._thread_id = thread_id
+        self._position = position
+        self._batch = batch
+        self._thread: MemoryThread | None = None
+        self._cursor: Cursor | None = None
+        self._closed = False
+
+    async def next(self) -> Batch | Reset | None:
+        while self._thread is None:
+            if self._closed or self._broker.closed:
+                return None
+            thread = self._broker.get(self._thread_id)
+            if thread is None:
+                # Unknown thread: wait for its first event without creating it.
+                await self._broker.wait_created(self._thread_id)
+                continue
+            thread.readers += 1
+            self._thread = thread
+            first = self._attach(thread)
+            if first is not None:
+                return first
+        thread, cursor = self._thread, self._cursor
+        assert cursor is not None
+        while True:
+            if self._closed:
+                return None
+            start = cursor.position
+            entries, gap = cursor.read(self._batch)
+            if gap is not None:
+                cursor.skip(gap)
+                reset = thread.reset(FELL_BEHIND)
+                cursor.position = reset.seq + 1
+                return reset
+            if entries:
+                return Batch(thread.epoch, entries, start, cursor.position, thread.shared)
+            if cursor.at_end():
+                return None
+            await cursor.wait()
+
+    def _attach(self, thread: MemoryThread) -> Reset | None:
+        """Place the cursor from the client's position; a reset if it cannot resume."""
+        log = thread.log
+        position = self._position
+        reason: str | None = None
+        if position is None:
+            start = log.first_seq
+            if start > 1:
+                reason = HISTORY_EXPIRED
+        elif position.epoch == "":
+            reason = CURSOR_UNKNOWN
+        elif position.epoch is not None and position.epoch != thread.epoch:
+            reason = EPOCH_CHANGED
+        else:
+            start = position.seq + 1
+            if start > log.next_seq:
+                reason = CURSOR_AHEAD
+            elif start < log.first_seq:
+                reason = CURSOR_EXPIRED
+        if reason is not None:
+            reset = thread.reset(reason)
+            self._cursor = log.cursor(after=reset.seq, soft_lag=max(1, log.capacity // 2))
+            return reset
+        self._cursor = log.cursor(after=start - 1, soft_lag=max(1, log.capacity // 2))
+        return None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._cursor is not None:
+            self._cursor.close()
+        if self._thread is not None:
+            self._thread.readers -= 1
+            # Idle time counts from the last reader too, not only the last event.
+            self._thread.last_active = time.monotonic()
+
+
+class _Awaited:
+    """Readers waiting for one thread id's first event."""
+
+    __slots__ = ("created", "readers")
+
+    def __init__(self) -> None:
+        self.created: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.readers = 0
+
+    def wake(self) -> None:
+        if not self.created.done():
+            self.created.set_result(None)
+
+
+class MemoryBroker:
+    """Every thread the bridge knows, in memory, bounded in number; idle ones expire."""
+
+    def __init__(
+        self,
+        retention_count: int = 4096,
+        retention_age: float | None = None,
+        idle_expiry: float | None = 3600.0,
+        max_threads: int = 10_000,
+        max_turns: int = 20,
+        batch: int = 512,
+    ) -> None:
+        self.retention_count = retention_count
+        self.retention_age = retention_age
+        self.idle_expiry = idle_expiry
+        self.max_threads = max_threads
+        self.max_turns = max_turns
+        self.batch = batch
+        self._threads: dict[str, MemoryThread] = {}
+        # Readers waiting for a thread's first event: a future per thread id, made
+        # and dropped with its readers (it holds no registry capacity).
+        self._awaited: dict[str, _Awaited] = {}
+        self._closed = False
+
+    # -- the Broker interface ----------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def append(self, thread_id: str, lines: Sequence[EventLine]) -> Appended:
+        thread = self.get_or_create(thread_id)
+        accepted = duplicates = 0
+        last_seq: int | None = None
+        for index, line in enumerate(lines, 1):
+            if index % 500 == 0:
+                # A big batch lets the streams run now and then (order is kept: each
+                # event still gets the next seq, and other appends wait on nothing).
+                await asyncio.sleep(0)
+            seq = thread.publish(line.event, line.digest, line.raw)
+            if seq is None:
+                duplicates += 1
+            else:
+                accepted += 1
+                last_seq = seq
+        return Appended(accepted, duplicates, last_seq)
+
+    def reader(self, thread_id: str, position: Position | None) -> MemoryReader:
+        return MemoryReader(self, thread_id, position, self.batch)
+
+    async def snapshot(self, thread_id: str) -> bytes | None:
+        thread = self._threads.get(thread_id)
+        return None if thread is None else thread.snapshot_json()
+
+    async def summaries(self) -> list[dict[str, Any]]:
+        return [thread.snapshot.summary() for thread in list(self._threads.values())]
+
+    async def expire(self) -> int:
+        return self.sweep()
+
+    async def ready(self) -> bool:
+        return not self._closed
+
+    def close(self) -> None:
+        self._closed = True
+        for thread in self._threads.values():
+            thread.log.close()
+        for entry in self._awaited.values():
+            entry.wake()
+
+    # -- in-process access (tests, benchmarks, diagnostics) ------------------------
+
+    def get(self, thread_id: str) -> MemoryThread | None:
+        return self._threads.get(thread_id)
+
+    def get_or_create(self, thread_id: str) -> MemoryThread:
+        """The thread, made on its first accepted event."""
+        thread = self._threads.get(thread_id)
+        if thread is None:
+            if not valid_thread_id(thread_id):
+                raise ValueError("invalid thread id")
+            if len(self._threads) >= self.max_threads:
+                self.sweep()
+                if len(self._threads) >= self.max_threads:
+                    raise TooManyThreads(f"the bridge holds {self.max_threads} threads")
+            thread = MemoryThread(thread_id, self.retention_count, self.retention_age,
+                                  dedup_window=self.retention_count, max_turns=self.max_turns)
+            self._threads[thread_id] = thread
+            entry = self._awaited.pop(thread_id, None)
+            if entry is not None:
+                entry.wake()
+        return thread
+
+    async def wait_created(self, thread_id: str) -> None:
+        """Return once ``thread_id`` exists (or the broker closes)."""
+        if thread_id in self._threads or self._closed:
+            return
+        entry = self._awaited.get(thread_id)
+        if entry is None:
+            entry = self._awaited[thread_id] = _Awaited()
+        entry.readers += 1
+        try:
+            # shield: one reader leaving must not cancel the future the others share.
+            await asyncio.shield(entry.created)
+        finally:
+            entry.readers -= 1
+            if entry.readers == 0 and self._awaited.get(thread_id) is entry:
+                del self._awaited[thread_id]
+
+    def __iter__(self) -> Iterator[MemoryThread]:
+        return iter(list(self._threads.values()))
+
+    def __len__(self) -> int:
+        return len(self._threads)
+
+    @property
+    def awaited(self) -> int:
+        """Thread ids that readers wait for (they hold no thread)."""
+        return len(self._awaited)
+
+    def readers(self, thread_id: str) -> int:
+        """Clients reading ``thread_id`` now, or waiting for its first event."""
+        thread = self._threads.get(thread_id)
+        if thread is not None:
+            return thread.readers
+        entry = self._awaited.get(thread_id)
+        return 0 if entry is None else entry.readers
+
+    def sweep(self, now: float | None = None) -> int:
+        """Trim aged events; drop threads idle past ``idle_expiry`` with no reader."""
+        now = time.monotonic() if now is None else now
+        expired = 0
+        for thread_id, thread in list(self._threads.items()):
+            thread.trim(now)
+            if (self.idle_expiry is not None and thread.readers == 0
+                    and now - thread.last_active > self.idle_expiry):
+                del self._threads[thread_id]
+                thread.log.close()
+                expired += 1
+        return expired
