@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hmac
 import html
+import importlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -71,12 +72,20 @@ class _BearerAuth:
         return query is not None and hmac.compare_digest(query.encode(), self._token)
 
 
-def memory_broker(settings: BridgeSettings) -> MemoryBroker:
-    """The embedded broker, sized by ``settings``."""
-    return MemoryBroker(
-        retention_count=settings.retention_count, retention_age=settings.retention_age,
-        idle_expiry=settings.idle_expiry, max_threads=settings.max_threads,
-        batch=settings.batch)
+def make_broker(settings: BridgeSettings) -> Broker:
+    """The broker ``settings.broker_url`` names: memory by default, or Redis."""
+    url = settings.broker_url
+    if url is None or url == "memory":
+        return MemoryBroker(
+            retention_count=settings.retention_count, retention_age=settings.retention_age,
+            idle_expiry=settings.idle_expiry, max_threads=settings.max_threads,
+            batch=settings.batch)
+    if url.split(":", 1)[0] in ("redis", "rediss", "unix"):
+        # Loaded only when asked for: redis-py is the [redis] extra.
+        redis_module = importlib.import_module("otel_events.bridge.redis")
+        broker: Broker = redis_module.RedisBroker.from_settings(settings)
+        return broker
+    raise ValueError("broker must be 'memory' or a redis://, rediss:// or unix:// URL")
 
 
 def _page(settings: BridgeSettings) -> bytes:
@@ -91,7 +100,7 @@ def create_app(settings: BridgeSettings | None = None,
     # sse-starlette logs every chunk it sends at DEBUG: that is event content, which
     # must never reach the bridge's logs, whatever level the application picks.
     logging.getLogger("sse_starlette").setLevel(logging.INFO)
-    broker = broker or memory_broker(settings)
+    broker = broker or make_broker(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -12,7 +12,7 @@ import uvicorn
 
 from otel_events.bridge.app import create_app
 from otel_events.bridge.broker import Broker
-from otel_events.bridge.settings import TOKEN_ENV, BridgeSettings
+from otel_events.bridge.settings import BROKER_ENV, TOKEN_ENV, BridgeSettings
 
 __all__ = ["bridge_command", "create_server"]
 
@@ -58,6 +58,10 @@ def bridge_command(
     token: Annotated[str | None, typer.Option(
         help="Bearer token required on /v1/ (or set the environment variable).",
         envvar=TOKEN_ENV, show_envvar=True)] = None,
+    broker: Annotated[str | None, typer.Option(
+        help="Where threads are kept: memory (default) or a Redis URL shared by replicas "
+             "(redis://host:port/db, rediss://...).",
+        envvar=BROKER_ENV, show_envvar=True)] = None,
     cors_origin: Annotated[list[str] | None, typer.Option(
         help="An origin allowed to read through CORS (repeatable; none by default).")]
     = None,
@@ -79,7 +83,8 @@ def bridge_command(
 ) -> None:
     """Run the SSE bridge: agents post events, browsers and tools follow them live."""
     settings = BridgeSettings(
-        host=host, port=port, token=token or None, cors_origins=tuple(cors_origin or ()),
+        host=host, port=port, token=token or None, broker_url=broker or None,
+        cors_origins=tuple(cors_origin or ()),
         max_body_bytes=max_body, retention_count=retention,
         retention_age=retention_age or None, idle_expiry=idle_expiry or None,
         tracing_ui_url=tracing_ui_url, heartbeat=heartbeat)

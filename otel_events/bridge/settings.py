@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["TOKEN_ENV", "BridgeSettings"]
+__all__ = ["BROKER_ENV", "TOKEN_ENV", "BridgeSettings"]
 
 TOKEN_ENV = "OTEL_EVENTS_BRIDGE_TOKEN"
+BROKER_ENV = "OTEL_EVENTS_BRIDGE_BROKER"
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,9 @@ class BridgeSettings:
     port: int = 8765
     #: Bearer token guarding ``/v1/``; ``None``: no token (then keep it on loopback).
     token: str | None = None
+    #: Where threads are kept: ``None`` or ``memory`` (this process), or a Redis URL
+    #: (``redis://``, ``rediss://``, ``unix://``) shared by every replica.
+    broker_url: str | None = None
     #: Origins allowed to read from browsers on other origins (CORS); none by default.
     cors_origins: Sequence[str] = ()
     max_body_bytes: int = 4 * 1024 * 1024
