@@ -19,7 +19,7 @@ Four outcomes:
 
 from __future__ import annotations
 
-import asyncio
+import sys
 from dataclasses import dataclass
 
 __all__ = [
@@ -38,8 +38,15 @@ FAILED = "failed"
 CANCELLED = "cancelled"
 ABANDONED = "abandoned"
 
-# Exceptions that mean "the work was not finished", not "the work failed".
-_ABANDONING = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
+# Exceptions that mean "the work was not finished", not "the work failed" (and
+# asyncio's CancelledError, looked up only if asyncio is loaded: importing it costs
+# agent code ~20 ms for nothing when it does not use it).
+_ABANDONING = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def _task_cancellation(error: BaseException) -> bool:
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and isinstance(error, asyncio.CancelledError)
 
 
 class Cancelled(Exception):
@@ -83,7 +90,7 @@ def outcome_of(error_type: str | None) -> str:
 def _cancellation(error: BaseException) -> Cancelled | None:
     if isinstance(error, Cancelled):
         return error
-    if isinstance(error, asyncio.CancelledError):
+    if _task_cancellation(error):
         if isinstance(error.__cause__, Cancelled):
             return error.__cause__
         if error.args and isinstance(error.args[0], Cancelled):  # task.cancel(Cancelled())
@@ -107,7 +114,7 @@ def ending_of(error: BaseException | str | None = None, *, error_type: str | Non
         if error_type is None:
             if cancel is not None:
                 error_type = CANCELLED
-            elif isinstance(exception, _ABANDONING):
+            elif isinstance(exception, _ABANDONING) or _task_cancellation(exception):
                 error_type = ABANDONED
             else:
                 error_type = type(exception).__qualname__

@@ -20,7 +20,6 @@ Overflow policy (the same for the emitter's subscribers and the bridge's clients
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
 import weakref
@@ -33,6 +32,9 @@ import orjson
 from otel_events.kinds import TRANSIENT_EVENT_TYPES
 
 if TYPE_CHECKING:
+    # asyncio loads when a reader first waits: agent code that never awaits a
+    # subscription does not pay ~20 ms of import for it.
+    import asyncio
     from types import TracebackType
 
     from otel_events.protocol import Event
@@ -247,6 +249,8 @@ class EventLog:
         """
         if cursor < self.next_seq or self._closed:
             return
+        import asyncio
+
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         waiting = self._loop_waits.get(loop)
