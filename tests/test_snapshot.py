@@ -6,8 +6,8 @@ import orjson
 import pytest
 
 from otel_events import EventEmitter
+from otel_events.bridge.snapshot import ThreadSnapshot
 from otel_events.protocol import parse_event
-from otel_events.snapshot import ThreadSnapshot
 from tests.conftest import FIXTURES, Telemetry, logged
 
 
@@ -103,8 +103,8 @@ def test_items_of_a_turn_never_started_still_land_somewhere() -> None:
 
 
 def test_a_late_event_of_a_dropped_turn_does_not_mark_the_thread_running() -> None:
+    from otel_events.bridge.snapshot import ThreadSnapshot
     from otel_events.protocol import parse_event
-    from otel_events.snapshot import ThreadSnapshot
 
     snapshot = ThreadSnapshot("t", max_turns=2)
     for n in range(1, 4):  # turn_1 is let go when turn_3 starts
