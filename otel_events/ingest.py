@@ -252,12 +252,13 @@ class Ingester:
     """Folds events, one at a time, into spans and metrics.
 
     ``usage``: the ledger for Codex's session-wide usage (one per ingester by default).
+    ``turn_prefix``: turns without an id are named ``{turn_prefix}{n}``.
     ``last_span`` is the span the latest event went to (for stamping ids on it).
     """
 
     def __init__(self, tracer: Tracer, metrics: AgentMetrics, agent_name: str,
                  thread_id: str | None = None, content: Content | None = None,
-                 usage: UsageLedger | None = None) -> None:
+                 usage: UsageLedger | None = None, turn_prefix: str = "turn_") -> None:
         self.tracer = tracer
         self.metrics = metrics
         self.agent_name = agent_name
@@ -267,6 +268,10 @@ class Ingester:
         self.result = IngestResult()
         self.last_span: Span | None = None
         self.turn_id: str | None = None
+        #: The last ended turn's own tokens (input, cache read, cache write, output,
+        #: reasoning), whatever the producer reported (Codex: the session's sums).
+        self.last_usage: Tokens = _NO_TOKENS
+        self.turn_prefix = turn_prefix
         self._turn: _OpenTurn | None = None
         self._turn_count = 0
         # Events that came outside a turn, with their times: they go to the next one.
@@ -332,7 +337,7 @@ class Ingester:
 
     def _start_turn(self, turn_id: str | None, now: int) -> _OpenTurn:
         self._turn_count += 1
-        self.turn_id = turn_id or f"turn_{self._turn_count}"
+        self.turn_id = turn_id or f"{self.turn_prefix}{self._turn_count}"
         span = start_turn_span(self.tracer, self.agent_name, self.thread_id, self.turn_id,
                                context=self._parent, start_time=now)
         turn = self._turn = _OpenTurn(span, now)
@@ -364,7 +369,9 @@ class Ingester:
             return
         for open_item in list(turn.items.values()):
             self._end_item(turn, open_item, now, abandoned=True)
-        (input_tokens, cache_read, cache_write, output_tokens, reasoning), detailed = usage
+        tokens, detailed = usage
+        self.last_usage = tokens
+        input_tokens, cache_read, cache_write, output_tokens, reasoning = tokens
         set_usage(turn.span, input_tokens, output_tokens, cache_read)
         if detailed:
             turn.span.set_attribute("gen_ai.usage.cache_write.input_tokens", cache_write)
@@ -394,6 +401,10 @@ class Ingester:
         current = turn.items.get(item.id)
         if current is None:
             description = self.content.text(describe_item(item))
+            # Nested as the emitter nests it live: under its parent item, while open.
+            parent_item = turn.items.get(item.parent_id) if item.parent_id else None
+            if parent_item is not None:
+                parent = set_span_in_context(parent_item.span)
             span, operation = start_item_span(
                 self.tracer, parent, item.id, item.type, description, item.name or item.tool,
                 item.parent_id, start_time=now)
