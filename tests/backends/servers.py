@@ -360,16 +360,19 @@ class Collector(Server):
 
 
 class Prometheus(Server):
-    """deploy/prometheus/prometheus.yml with the shipped rules, 1 s intervals, scraping
-    ``targets`` and alerting ``alertmanager`` (host:port)."""
+    """deploy/prometheus/prometheus.yml with the shipped rules (or ``rule_files``), 1 s
+    intervals, scraping ``targets`` and alerting ``alertmanager`` (host:port)."""
 
     def __init__(self, binary: str, workdir: Path, targets: list[str],
-                 alertmanager: str | None, port: int | None = None) -> None:
+                 alertmanager: str | None, port: int | None = None,
+                 rule_files: list[Path] | None = None) -> None:
         self.port = port or free_port()
         config = load_yaml(PROMETHEUS_CONFIG)
         set_at(config, "global.scrape_interval", "1s")
         set_at(config, "global.evaluation_interval", "1s")
-        set_at(config, "rule_files", [str(ALERT_RULES)])
+        # The shipped rule files are relative to the shipped config's directory.
+        shipped = [str(PROMETHEUS_CONFIG.parent / name) for name in config["rule_files"]]
+        set_at(config, "rule_files", [str(p) for p in rule_files] if rule_files else shipped)
         set_at(config, "scrape_configs", [
             {**config["scrape_configs"][0], "static_configs": [{"targets": targets}]}])
         alerting = config["alerting"]["alertmanagers"][0]
