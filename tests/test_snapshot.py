@@ -116,3 +116,110 @@ def test_a_late_event_of_a_dropped_turn_does_not_mark_the_thread_running() -> No
                                 "item": {"id": "late", "type": "reasoning"}}), 0)
     assert "turn_1" not in snapshot.turns
     assert snapshot._running is None
+
+
+def item_event(kind: str, item: dict[str, object], **fields: object) -> dict[str, object]:
+    return {"type": kind, "turn_id": "t1", "item": item, **fields}
+
+
+def test_items_keep_their_content_bounded_and_say_what_was_cut() -> None:
+    big = {"rows": [{"region": f"r{n}", "revenue": n} for n in range(500)]}
+    state = fold([
+        {"type": "turn.started", "turn_id": "t1"},
+        item_event("item.started", {"id": "msg", "type": "agent_message",
+                                    "text": "Revenue rose 4%."}),
+        # Codex's completed event leaves out the text the started one had.
+        item_event("item.completed", {"id": "msg", "type": "agent_message",
+                                      "status": "completed"}),
+        item_event("item.completed", {"id": "q", "type": "sql_execution",
+                                      "status": "completed", "output": big}),
+        item_event("item.completed", {"id": "small", "type": "x", "status": "completed",
+                                      "output": {"passed": True}}),
+        item_event("item.completed", {"id": "cmd", "type": "command_execution",
+                                      "status": "completed", "command": "ls",
+                                      "aggregated_output": "a\n" * 5000, "exit_code": 0}),
+    ], max_item_content=1000).to_dict()
+    items = {item["id"]: item for item in state["turns"][0]["items"]}
+    assert items["msg"]["text"] == "Revenue rose 4%."
+    assert items["msg"]["truncated"] == []
+    assert items["small"]["output"] == {"passed": True}
+    # Too big: the start of its JSON, marked cut.
+    output = items["q"]["output"]
+    assert isinstance(output, str) and len(output) == 1000
+    assert output.startswith('{"rows":[{"region":"r0","revenue":0}')
+    assert items["q"]["truncated"] == ["output"]
+    cmd = items["cmd"]
+    assert len(cmd["aggregated_output"]) + len(cmd["command"]) + 1 <= 1000
+    assert cmd["command"] == "ls" and cmd["exit_code"] == 0
+    assert cmd["truncated"] == ["aggregated_output"]
+
+
+def test_a_threads_content_is_capped_oldest_items_first() -> None:
+    events: list[dict[str, object]] = [{"type": "turn.started", "turn_id": "t1"}]
+    for n in range(100):
+        events.append(item_event("item.completed", {"id": f"i{n}", "type": "x",
+                                                    "status": "completed",
+                                                    "output": "x" * 900}))
+    snapshot = fold(events, max_item_content=1000, max_content=10_000)
+    assert snapshot.content_size <= 10_000
+    items = snapshot.to_dict()["turns"][0]["items"]
+    kept = [item["id"] for item in items if "output" in item]
+    assert kept == [f"i{n}" for n in range(89, 100)]  # 11 x 900 characters fit
+    assert items[0]["content_dropped"] and "output" not in items[0]
+    assert items[0]["status"] == "completed"  # statuses and timings stay
+
+
+def test_content_of_dropped_turns_and_items_is_not_counted() -> None:
+    events: list[dict[str, object]] = []
+    for turn in range(10):
+        events.append({"type": "turn.started", "turn_id": f"t{turn}"})
+        for n in range(10):
+            events.append({"type": "item.completed", "turn_id": f"t{turn}",
+                           "item": {"id": f"{turn}-{n}", "type": "x", "output": "y" * 100}})
+    snapshot = fold(events, max_turns=2, max_items=5, max_content=1 << 20)
+    assert snapshot.content_size == 2 * 5 * 100  # what the kept items hold, no more
+
+
+def test_outcomes_tell_cancelled_and_abandoned_from_failed() -> None:
+    def ended(kind: str, error_type: str | None) -> dict[str, object]:
+        return {"id": kind, "type": "x", "status": "failed",
+                "error": {"message": "stopped", "type": error_type}}
+
+    state = fold([
+        {"type": "turn.started", "turn_id": "t1"},
+        item_event("item.completed", ended("broken", "ValueError")),
+        item_event("item.completed", ended("left", "abandoned")),
+        item_event("item.completed", {"id": "stopped", "type": "x", "status": "cancelled"}),
+        item_event("item.completed", {"id": "no", "type": "x", "status": "declined"}),
+        {"type": "turn.failed", "turn_id": "t1",
+         "error": {"message": "user pressed stop", "type": "cancelled"}},
+    ])
+    snapshot = state.to_dict()
+    outcomes = {item["id"]: item["outcome"] for item in snapshot["turns"][0]["items"]}
+    assert outcomes == {"broken": "failed", "left": "abandoned", "stopped": "cancelled",
+                        "no": "declined"}
+    assert snapshot["turns"][0]["outcome"] == "cancelled"
+    assert snapshot["turns"][0]["status"] == "failed"  # the protocol's status is kept
+    summary = state.summary()
+    assert (summary["status"], summary["outcome"]) == ("failed", "cancelled")
+    running = fold([{"type": "turn.started", "turn_id": "t1"}]).to_dict()
+    assert running["outcome"] == "running" and running["turns"][0]["outcome"] == "running"
+
+
+def test_items_carry_their_span_and_turns_their_detailed_usage() -> None:
+    trace, span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    state = fold([
+        {"type": "turn.started", "turn_id": "t1", "trace_id": trace,
+         "span_id": "1111111111111111"},
+        item_event("item.started", {"id": "i", "type": "x"}, trace_id=trace, span_id=span),
+        item_event("item.completed", {"id": "i", "type": "x", "status": "completed"}),
+        {"type": "token.count", "turn_id": "t1",
+         "usage": {"input_tokens": 5, "cached_input_tokens": 1, "output_tokens": 2,
+                   "reasoning_output_tokens": 1, "cache_write_input_tokens": 3}},
+    ]).to_dict()
+    turn = state["turns"][0]
+    assert (turn["items"][0]["trace_id"], turn["items"][0]["span_id"]) == (trace, span)
+    assert turn["usage"] == {"input_tokens": 5, "cached_input_tokens": 1, "output_tokens": 2,
+                             "cache_write_input_tokens": 3, "reasoning_output_tokens": 1}
+    assert state["usage"] == {"input_tokens": 5, "cached_input_tokens": 1,
+                              "output_tokens": 2}

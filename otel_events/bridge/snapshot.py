@@ -1,8 +1,15 @@
 """A thread's state folded from its events: what ``reset`` and ``/v1/threads`` report.
 
 The fold sees every event the bridge accepts, so it stays right after the replay ring
-has forgotten old events. It is bounded too: only the latest ``max_turns`` turns and
-``max_items`` items per turn are kept (the rest are counted), whatever the thread's age.
+has forgotten old events. It is bounded too, whatever the thread's age: only the latest
+``max_turns`` turns and ``max_items`` items per turn are kept (the rest are counted), an
+item keeps at most ``max_item_content`` characters of its content (output, text,
+command output...; what was cut is listed in its ``truncated``), and the content of a
+whole thread is capped at ``max_content`` characters, the oldest items' content going
+first (``content_dropped``). Statuses, timings and ids are always kept.
+
+The live page (``static/state.js``) folds events the same way, with the same field
+names, so a ``reset`` and a live stream describe a thread identically.
 """
 
 from __future__ import annotations
@@ -11,11 +18,35 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from otel_events.protocol import Event, ThreadItem, Usage
 
-__all__ = ["ItemState", "ThreadSnapshot", "TurnState"]
+__all__ = ["CONTENT_FIELDS", "ItemState", "ThreadSnapshot", "TurnState", "outcome"]
 
 _USAGE_FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens")
+# Codex's detailed counts, kept on a turn when the producer sends them (not summed).
+_EXTRA_USAGE_FIELDS = ("cache_write_input_tokens", "reasoning_output_tokens")
+
+#: An item's content, in the order it gets the item's budget: the short fields that say
+#: what ran (each capped to an eighth of the budget), then what a person reads (an
+#: agent's message, a tool's output), then what explains it.
+CONTENT_FIELDS = ("command", "exit_code", "server", "tool", "query", "message", "text",
+                  "output", "aggregated_output", "result", "arguments", "changes", "items")
+_LABEL_FIELDS = frozenset(CONTENT_FIELDS[:6])
+# Error types that are not failures of the work itself: the page shows them apart.
+_SOFT_ERRORS = ("cancelled", "abandoned")
+
+
+def outcome(status: str, error: dict[str, Any] | None) -> str:
+    """How a turn or item ended, as a person reads it.
+
+    ``status`` as reported, except that a failure whose ``error.type`` is ``cancelled``
+    or ``abandoned`` is that (stopped on purpose, or never closed) and not ``failed``.
+    """
+    if status == "failed" and error is not None and error.get("type") in _SOFT_ERRORS:
+        return str(error["type"])
+    return status
 
 
 def _ms_between(start: str | None, end: str | None) -> float | None:
@@ -31,14 +62,40 @@ def _ms_between(start: str | None, end: str | None) -> float | None:
 def _usage(usage: Usage | None) -> dict[str, int] | None:
     if usage is None:
         return None
-    return {name: int(getattr(usage, name) or 0) for name in _USAGE_FIELDS}
+    out = {name: int(getattr(usage, name) or 0) for name in _USAGE_FIELDS}
+    extra = usage.model_extra or {}
+    for name in _EXTRA_USAGE_FIELDS:
+        value = extra.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[name] = value
+    return out
+
+
+def _bounded(value: Any, room: int) -> tuple[Any, int, bool]:
+    """``value`` within ``room`` characters: (kept value, its size, whether it was cut).
+
+    Strings are cut as they are; anything else is kept whole if its JSON fits, else
+    replaced by the start of its JSON (a string, marked cut), so the page can still
+    show what the output began with.
+    """
+    if isinstance(value, str):
+        return (value, len(value), False) if len(value) <= room else (value[:room], room, True)
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:  # pragma: no cover - validated events are JSON
+        text = str(value)
+    if len(text) <= room:
+        return value, len(text), False
+    return text[:room], room, True
 
 
 class ItemState:
     """One item as last reported."""
 
-    __slots__ = ("completed_at", "description", "duration_ms", "error", "id", "name",
-                 "parent_id", "progress", "progress_message", "started_at", "status", "type")
+    __slots__ = ("completed_at", "content", "content_dropped", "content_size",
+                 "description", "duration_ms", "error", "id", "name", "parent_id",
+                 "progress", "progress_message", "span_id", "started_at", "status",
+                 "trace_id", "truncated", "type", "usage")
 
     def __init__(self, item_id: str, item_type: str) -> None:
         self.id = item_id
@@ -53,6 +110,49 @@ class ItemState:
         self.error: dict[str, Any] | None = None
         self.progress: float | None = None
         self.progress_message: str | None = None
+        self.trace_id: str | None = None
+        self.span_id: str | None = None
+        self.usage: dict[str, int] | None = None
+        #: Content fields as reported (bounded), and the names of those that were cut.
+        self.content: dict[str, Any] = {}
+        self.truncated: list[str] = []
+        self.content_size = 0
+        #: The content was let go to keep the thread's state within its budget.
+        self.content_dropped = False
+
+    def take_content(self, item: ThreadItem, budget: int) -> bool:
+        """Keep the item's content fields within ``budget`` characters; True if any came."""
+        given = {name: value for name in CONTENT_FIELDS
+                 if (value := getattr(item, name, None)) is not None}
+        if not given:
+            return False
+        # A field the event leaves out keeps its earlier (already bounded) value: Codex's
+        # completed events may omit what the started one had (an agent message's text).
+        fields = {**self.content, **given}
+        cut_before = set(self.truncated) - given.keys()
+        content: dict[str, Any] = {}
+        truncated: list[str] = []
+        room = budget
+        for name in CONTENT_FIELDS:
+            if name not in fields:
+                continue
+            limit = min(room, budget // 8) if name in _LABEL_FIELDS else room
+            value, size, cut = _bounded(fields[name], limit)
+            content[name] = value
+            if cut or name in cut_before:
+                truncated.append(name)
+            room -= size
+        self.content = content
+        self.truncated = truncated
+        self.content_size = budget - room
+        self.content_dropped = False
+        return True
+
+    def drop_content(self) -> None:
+        self.content = {}
+        self.truncated = []
+        self.content_size = 0
+        self.content_dropped = True
 
     def merge(self, item: ThreadItem, timestamp: str | None, ending: bool) -> None:
         # Codex's completed events may omit fields the started event had: keep those.
@@ -72,18 +172,28 @@ class ItemState:
                                 else _ms_between(self.started_at, self.completed_at))
         elif item.status is not None:
             self.status = str(item.status)
+        usage = (item.model_extra or {}).get("usage")
+        if isinstance(usage, dict):  # not in the protocol, but some producers send it
+            counts = [(name, value) for name, value in usage.items()
+                      if isinstance(value, int) and not isinstance(value, bool)]
+            self.usage = dict(counts[:8])  # a handful of counts, not whatever was sent
         if item.error is not None:
             self.error = {"message": item.error.message, "type": item.error.type}
         elif ending and self.status == "failed" and item.message:
             self.error = {"message": item.message, "type": None}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "type": self.type, "description": self.description,
+        body = {"id": self.id, "type": self.type, "description": self.description,
                 "name": self.name, "parent_id": self.parent_id, "status": self.status,
+                "outcome": outcome(self.status, self.error),
                 "failed": self.status == "failed", "started_at": self.started_at,
                 "completed_at": self.completed_at, "duration_ms": self.duration_ms,
                 "error": self.error, "progress": self.progress,
-                "progress_message": self.progress_message}
+                "progress_message": self.progress_message, "trace_id": self.trace_id,
+                "span_id": self.span_id, "usage": self.usage, "truncated": self.truncated,
+                "content_dropped": self.content_dropped}
+        body.update(self.content)
+        return body
 
 
 class TurnState:
@@ -113,7 +223,10 @@ class TurnState:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"turn_id": self.id, "status": self.status, "failed": self.status == "failed",
+        return {"turn_id": self.id, "status": self.status,
+                "outcome": "running" if self.status == "running"
+                else outcome(self.status, self.error),
+                "failed": self.status == "failed",
                 "started_at": self.started_at, "completed_at": self.completed_at,
                 "duration_ms": self.duration_ms, "usage": self.usage, "error": self.error,
                 "trace_id": self.trace_id, "span_id": self.span_id,
@@ -124,10 +237,17 @@ class TurnState:
 class ThreadSnapshot:
     """Folds one thread's events, in seq order, into its current state."""
 
-    def __init__(self, thread_id: str, max_turns: int = 20, max_items: int = 200) -> None:
+    def __init__(self, thread_id: str, max_turns: int = 20, max_items: int = 200,
+                 max_item_content: int = 4096, max_content: int = 256 * 1024) -> None:
         self.thread_id = thread_id
         self.max_turns = max_turns
         self.max_items = max_items
+        self.max_item_content = max_item_content
+        self.max_content = max_content
+        # Items holding content, least recently given some first, and their total size:
+        # the oldest let theirs go when the thread's content passes ``max_content``.
+        self._holders: OrderedDict[int, ItemState] = OrderedDict()
+        self._content_size = 0
         #: Seq of the last event folded in.
         self.seq = 0
         self.started_at: str | None = None
@@ -195,6 +315,8 @@ class ThreadSnapshot:
         while len(self.turns) > self.max_turns:
             dropped_id, dropped = self.turns.popitem(last=False)
             self.turns_dropped += 1
+            for gone in dropped.items.values():
+                self._release(gone)
             self._dropped_ids[dropped_id] = None
             if len(self._dropped_ids) > 4 * self.max_turns:
                 del self._dropped_ids[next(iter(self._dropped_ids))]
@@ -235,12 +357,31 @@ class ThreadSnapshot:
             state = ItemState(item.id, item.type)
             turn.items[item.id] = state
             if len(turn.items) > self.max_items:
-                turn.items.popitem(last=False)
+                self._release(turn.items.popitem(last=False)[1])
                 turn.items_dropped += 1
         was_failed = state.status == "failed"
         state.merge(item, event.timestamp, ending)
+        if event.trace_id is not None:
+            state.trace_id = event.trace_id
+        if event.span_id is not None:
+            state.span_id = event.span_id
+        before = state.content_size
+        if state.take_content(item, self.max_item_content):
+            self._content_size += state.content_size - before
+            self._holders[id(state)] = state
+            self._holders.move_to_end(id(state))
+            while self._content_size > self.max_content and self._holders:
+                self._release(next(iter(self._holders.values())), dropped=True)
         if state.status == "failed" and not was_failed:
             turn.failed_items += 1
+
+    def _release(self, item: ItemState, dropped: bool = False) -> None:
+        """Stop counting ``item``'s content (it left the state, or ``dropped`` it)."""
+        if self._holders.pop(id(item), None) is None:
+            return
+        self._content_size -= item.content_size
+        if dropped:
+            item.drop_content()
 
     def _progress(self, event: Event) -> None:
         item_id = getattr(event, "item_id", None)
@@ -264,6 +405,20 @@ class ThreadSnapshot:
         last = next(reversed(self.turns.values()), None)
         return last.status if last is not None else "idle"
 
+    @property
+    def outcome(self) -> str:
+        """``status``, with a latest turn cancelled or abandoned told apart from failed."""
+        status = self.status
+        if status != "failed":
+            return status
+        last = next(reversed(self.turns.values()))
+        return outcome(last.status, last.error)
+
+    @property
+    def content_size(self) -> int:
+        """Characters of item content held (at most ``max_content``)."""
+        return self._content_size
+
     def usage(self) -> dict[str, int]:
         """Token usage of the whole thread, the running turn's so far included."""
         total = dict(self._ended_usage)
@@ -281,6 +436,7 @@ class ThreadSnapshot:
             "thread_id": self.thread_id,
             "last_seq": self.seq,
             "status": self.status,
+            "outcome": self.outcome,
             "failed": self.status == "failed",
             "running_turn": running.id if running is not None else None,
             "current_item": (
