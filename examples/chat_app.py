@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 
-from otel_events import EventEmitter
+from otel_events import Cancelled, EventEmitter
 from otel_events.bridge.sse import frame
 from otel_events.http_sink import HttpSink
 
@@ -86,6 +86,10 @@ async def chat_stream(request: ChatRequest) -> EventSourceResponse:
                     return
         finally:
             subscription.close()
+            # The user closed the tab: stop the work, and say it was stopped on purpose
+            # (the turn ends "cancelled", which pages nobody), not lost ("abandoned").
+            if not task.done():
+                task.cancel(Cancelled("client disconnected"))
 
     return EventSourceResponse(frames(), sep="\n",
                                headers={"X-Thread-Id": emitter.thread_id})
