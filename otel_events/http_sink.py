@@ -86,14 +86,17 @@ class HttpSink:
         still unsent at ``close``."""
         return self._lost + (0 if self._cursor is None else self._cursor.dropped)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Send what was published for up to ``timeout`` seconds, then stop."""
+    def close(self, timeout: float = 5.0) -> bool:
+        """Send what was published for up to ``timeout`` seconds, then stop; True when
+        the sink's thread has ended."""
         self._deadline = time.monotonic() + timeout
         self._stop.set()
         if self._cursor is not None:
             self._cursor.log.notify()
         if self._thread is not None:
             self._thread.join(timeout + 1.0)
+            return not self._thread.is_alive()
+        return True
 
     # -- the worker ----------------------------------------------------------------
 
