@@ -1,0 +1,5 @@
+"""Fixtures for the Redis broker's tests: a real redis-server (see server.py)."""
+
+from tests.redis.server import own_redis, redis_server
+
+__all__ = ["own_redis", "redis_server"]
