@@ -84,3 +84,40 @@ def bridge(ctx: typer.Context) -> None:
     bridge_app = typer.Typer(add_completion=False)
     bridge_app.command()(bridge_command)
     bridge_app(ctx.args, prog_name="otel-events bridge")
+
+
+@app.command(context_settings={"ignore_unknown_options": True,
+                               "allow_interspersed_args": False})
+def run(
+    command: Annotated[list[str], typer.Argument(
+        help="The command, after `--`: for example codex exec --json \"...\".")],
+    events: Annotated[str | None, typer.Option(
+        help="Append the stream to this file, with arrival timestamps added.")] = None,
+    bridge: Annotated[str | None, typer.Option(
+        help="Post the events to the bridge at this URL as they arrive.")] = None,
+    bridge_token: Annotated[str | None, typer.Option(
+        envvar="OTEL_EVENTS_BRIDGE_TOKEN", help="The bridge's bearer token.")] = None,
+    service_name: Annotated[
+        str | None, typer.Option(help="service.name (else OTEL_SERVICE_NAME).")] = None,
+    agent_name: Annotated[
+        str | None, typer.Option(help="gen_ai.agent.name (else the service name).")] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="OTLP endpoint (else OTEL_EXPORTER_OTLP_ENDPOINT).")] = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option(help="grpc or http/protobuf (else OTEL_EXPORTER_OTLP_PROTOCOL)."),
+    ] = None,
+    usage_state: Annotated[str | None, typer.Option(
+        help="Codex's usage sums per thread, for per-turn usage across resumes "
+             "(default: $XDG_STATE_HOME/otel-events/codex-usage.json).")] = None,
+) -> None:
+    """Run COMMAND and watch its Codex JSONL live: `otel-events run -- codex exec --json "..."`.
+
+    Its stdout passes through unchanged; its events become spans and metrics with the
+    times they arrived. Exits with COMMAND's status.
+    """
+    from otel_events.run import main  # the SDK loads only when a run starts
+
+    raise typer.Exit(main(command, service_name=service_name, agent_name=agent_name,
+                          endpoint=endpoint, protocol=protocol, events=events, bridge=bridge,
+                          bridge_token=bridge_token, usage_state=usage_state))

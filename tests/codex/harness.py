@@ -81,7 +81,7 @@ def _catalog(binary: Path, home: Path) -> dict[str, Any]:
 
 def write_home(binary: Path, home: Path, base_url: str) -> None:
     """A CODEX_HOME whose config sends every model call to ``base_url``."""
-    home.mkdir(parents=True, exist_ok=True)
+    (home / "user").mkdir(parents=True, exist_ok=True)
     catalog = home / "catalog.json"
     catalog.write_text(json.dumps(_catalog(binary, home)))
     mcp = [sys.executable, str(HERE / "mcp_server.py")]
@@ -147,20 +147,29 @@ class Codex:
     def env(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items()
                if not key.startswith(("OPENAI_", "CODEX_", "OTEL_"))}
-        return {**env, "CODEX_HOME": str(self.home), "NO_COLOR": "1", "RUST_LOG": "error"}
+        # A HOME of its own too: Codex's shells source ~/.bashrc, and a user's (pyenv
+        # rehash waiting on its lock, say) must not stall or change the scenarios.
+        return {**env, "CODEX_HOME": str(self.home), "HOME": str(self.home / "user"),
+                "NO_COLOR": "1", "RUST_LOG": "error"}
 
-    def exec(self, prompt: str, cwd: Path, *extra: str, model: str | None = None,
-             on_line: Callable[[str, subprocess.Popen[str]], None] | None = None,
-             resume: str | None = None) -> CodexRun:
-        """``codex exec --json [resume ID] PROMPT``; ``on_line`` sees each line as it comes."""
+    @staticmethod
+    def exec_args(prompt: str, *extra: str, model: str | None = None,
+                  resume: str | None = None) -> list[str]:
+        """The arguments of ``codex exec --json [resume ID] PROMPT``."""
         args = ["exec", "--json", "--skip-git-repo-check",
                 "--dangerously-bypass-approvals-and-sandbox", *extra]
         if model is not None:
             args += ["-m", model]
         if resume is not None:
             args += ["resume", resume]
-        args.append(prompt)
-        return self.run(args, cwd, on_line)
+        return [*args, prompt]
+
+    def exec(self, prompt: str, cwd: Path, *extra: str, model: str | None = None,
+             on_line: Callable[[str, subprocess.Popen[str]], None] | None = None,
+             resume: str | None = None) -> CodexRun:
+        """Run ``codex exec``; ``on_line`` sees each line of its stdout as it comes."""
+        return self.run(self.exec_args(prompt, *extra, model=model, resume=resume), cwd,
+                        on_line)
 
     def run(self, args: Sequence[str], cwd: Path,
             on_line: Callable[[str, subprocess.Popen[str]], None] | None = None) -> CodexRun:

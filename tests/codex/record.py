@@ -29,7 +29,8 @@ def main(names: list[str]) -> int:
         home = Path(tmp) / "codex-home"
         write_home(binary, home, model.base_url)
         codex = Codex(binary, home, model.socket_path, model.port)
-        for name in names or [n for n in SCENARIOS if n not in _PART_OF]:
+        default = [n for n, s in SCENARIOS.items() if s.recorded and n not in _PART_OF]
+        for name in names or default:
             workdir = Path(tmp) / "work"
             lines = []
             for result in run(codex, name, workdir):

@@ -11,7 +11,7 @@ import json
 import signal
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,8 @@ class Scenario:
     resumes: str | None = None
     #: Codex's exit status.
     returncode: int = 0
-    notes: list[str] = field(default_factory=list)
+    #: Whether tests/fixtures/codex/ keeps a recording of it.
+    recorded: bool = True
 
     @property
     def prompt(self) -> str:
@@ -113,6 +114,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
         Reply([call("exec_command", {"cmd": "sleep 5", "yield_time_ms": 30000})]),
         Reply([message("Not reached.")])]},
         on_line=_interrupt_on_command, returncode=1),
+    # For `otel-events run`: a command that takes a known time.
+    Scenario("command_sleeps", {"command_sleeps": [
+        Reply([call("exec_command", {"cmd": "sleep 0.6"})]), Reply([message("Slept.")])]},
+        recorded=False),
 ]}
 
 
