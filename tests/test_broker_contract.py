@@ -74,8 +74,8 @@ def plain(count: int, kind: str = "item.updated", start: int = 0) -> list[dict[s
             for n in range(count)]
 
 
-async def next_of(reader: ThreadReader, timeout: float = 10.0) -> Batch | Reset | None:
-    return await asyncio.wait_for(reader.next(), timeout)
+async def next_of(reader: ThreadReader, within: float = 10.0) -> Batch | Reset | None:
+    return await asyncio.wait_for(reader.next(), within)
 
 
 async def read_seqs(reader: ThreadReader, count: int) -> list[int]:

@@ -1,0 +1,1045 @@
+"""``RedisBroker``: the bridge's threads in Redis, shared by every replica.
+
+Per thread (keys share the hash tag ``{thread_id}``):
+
+* ``<prefix>:{t}:m``, a hash: ``epoch``, ``top`` (last seq), ``lo`` (first seq held for
+  replay), ``ck`` (seq of the checkpoint), ``ms`` (last arrival, Redis clock).
+* ``<prefix>:{t}:s``, the stream: entry id ``<seq>-<arrival ms>``, fields ``t`` (type)
+  and ``d`` (the event's JSON with the bridge's seq). Ids lead with the seq so a
+  resume is one ``XRANGE`` from ``seq + 1``; the arrival time in the id's second part is
+  what age retention reads.
+* ``<prefix>:{t}:d``, a sorted set: producer lines accepted recently (``pseq:digest``,
+  scored by the bridge seq they got), the de-duplication window.
+* ``<prefix>:{t}:k``: the checkpoint, the thread's folded state as of seq ``ck``.
+* ``<prefix>:threads``, a sorted set of thread ids scored by creation time: the
+  registry behind ``GET /v1/threads`` (oldest first, as in memory) and the thread limit.
+* Channel ``<prefix>:{t}:n``: ``epoch:top`` published on every append.
+
+**One atomic step per append.** One Lua script numbers the lines, skips producer
+retries, ``XADD``\\ s, trims, sets the keys' TTL and publishes, so two replicas ingesting
+one thread at once can never give two events one seq, and a retry that lands on another
+replica is still recognised (the digest is a hash of the line that every process
+computes alike, unlike Python's ``hash``).
+
+**Epochs.** The epoch lives in the meta hash. A thread whose meta hash is missing (new,
+expired, Redis flushed or restarted without persistence, evicted) starts over with a
+fresh epoch and its leftovers are deleted, so a position from before can never be read
+in the new numbering.
+
+**Snapshots: a checkpoint in Redis plus the stream's tail.** The state is folded from
+*every* event, so rebuilding it from the stream alone would be wrong once retention has
+trimmed the stream; writing the whole state on every append would cost O(state) per
+request and race between replicas. So a replica that appends writes a checkpoint (the
+folded state, compare-and-set on its seq and epoch) every ``checkpoint_every`` events,
+the stream is never trimmed past the checkpoint (replay still honours the retention,
+through ``lo``), and any replica gets the state as checkpoint + the tail after it. The
+fold is deterministic, so every replica answers alike.
+
+**Fan-out.** Each replica reads each thread that has readers on it once: a
+subscription to the thread's channel marks it dirty, and one ``XRANGE`` from the
+replica's position fetches whatever arrived (notifications coalesce under load). The
+entries go into a local ``EventLog`` mirror of the retained window, which every local
+reader follows with a cursor, so the per-reader cost and the overflow policy are the
+memory broker's. One pub/sub connection serves every watched thread (``XREAD BLOCK``
+would hold a connection per thread).
+
+**Faults.** Redis unreachable: ``append`` raises ``BrokerUnavailable`` (the routes answer
+503 with ``Retry-After``), ``ready()`` is false, and readers stay parked (their SSE
+streams keep their heartbeats); when Redis is back the pub/sub connection is rebuilt,
+every watched thread is fetched again, and readers resume, or get a reset if the epoch
+changed meanwhile.
+
+Needs a standalone Redis (or a primary behind Sentinel) of version 6.2 or later: the
+scripts reach the registry and other threads' keys, which Redis Cluster does not allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from otel_events.bridge.broker import (
+    Appended,
+    Batch,
+    BrokerUnavailable,
+    EventLine,
+    Position,
+    Reset,
+    TooManyThreads,
+)
+from otel_events.bridge.memory import (
+    CURSOR_AHEAD,
+    CURSOR_EXPIRED,
+    CURSOR_UNKNOWN,
+    EPOCH_CHANGED,
+    FELL_BEHIND,
+    HISTORY_EXPIRED,
+    new_epoch,
+    valid_thread_id,
+)
+from otel_events.bridge.snapshot import ItemState, ThreadSnapshot, TurnState
+from otel_events.log import Cursor, EventLog
+from otel_events.protocol import parse_event
+
+if TYPE_CHECKING:
+    from otel_events.bridge.settings import BridgeSettings
+
+__all__ = ["RedisBroker", "RedisReader", "decode_state", "encode_state", "line_digest"]
+
+_log = logging.getLogger(__name__)
+
+# Errors that mean "Redis cannot be reached now" (as opposed to a bug in a script).
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# -- Lua -------------------------------------------------------------------------------
+
+# Shared by the append and trim scripts: advance ``lo`` for count and age retention and
+# trim the stream physically, never past the checkpoint (the fold needs what follows it).
+# Expects locals: stream, dedup, top, lo, ck, now, retention, age.
+_TRIM_LUA = """
+local want = top - retention + 1
+if want > lo then lo = want end
+if age > 0 and lo <= top then
+  local horizon = now - age
+  local function arrival(seq)
+    local found = redis.call('XRANGE', stream, seq, seq)
+    if found[1] == nil then return -1 end
+    local id = found[1][1]
+    return tonumber(string.sub(id, string.find(id, '-', 1, true) + 1))
+  end
+  if arrival(lo) < horizon then
+    -- Arrival times grow with seq: the first young enough event, by bisection.
+    local a, b = lo, top + 1
+    while a < b do
+      local mid = math.floor((a + b) / 2)
+      if arrival(mid) < horizon then a = mid + 1 else b = mid end
+    end
+    lo = a
+  end
+end
+if lo > top + 1 then lo = top + 1 end
+local keep = lo
+if ck + 1 < keep then keep = ck + 1 end
+-- '~': whole macro-nodes only, which is cheap; what it leaves is below lo, never replayed.
+redis.call('XTRIM', stream, 'MINID', '~', keep)
+redis.call('ZREMRANGEBYSCORE', dedup, '-inf', '(' .. (top - retention + 1))
+"""
+
+_APPEND_LUA = """
+-- KEYS: meta, stream, dedup, checkpoint, registry
+-- ARGV: new epoch, retention count, retention age ms (0: none), ttl ms (0: none),
+--       max threads (0: none), thread id, channel, key prefix,
+--       then per line: type, JSON without its opening brace, dedup member ('': none)
+local meta, stream, dedup, ckpt, registry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local retention, age, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local state = redis.call('HMGET', meta, 'epoch', 'top', 'lo', 'ck', 'ms')
+local epoch = state[1]
+local top, lo, ck = 0, 1, 0
+if epoch then
+  top, lo, ck = tonumber(state[2]), tonumber(state[3]), tonumber(state[4])
+  local last = tonumber(state[5])
+  if now < last then now = last end
+else
+  -- No meta: a new thread, or one whose history is gone (expired, flushed, evicted).
+  -- Whatever is left of it belongs to no epoch: start over under a new one.
+  local max_threads = tonumber(ARGV[5])
+  if max_threads > 0 and not redis.call('ZSCORE', registry, ARGV[6])
+      and redis.call('ZCARD', registry) >= max_threads then
+    for _, id in ipairs(redis.call('ZRANGE', registry, 0, -1)) do
+      if redis.call('EXISTS', ARGV[8] .. ':{' .. id .. '}:m') == 0 then
+        redis.call('ZREM', registry, id)
+      end
+    end
+    if redis.call('ZCARD', registry) >= max_threads then return {false} end
+  end
+  redis.call('DEL', stream, dedup, ckpt)
+  epoch = ARGV[1]
+  redis.call('ZADD', registry, now, ARGV[6])
+end
+local seqs = {}
+local n = (#ARGV - 8) / 3
+for i = 1, n do
+  local base = 6 + 3 * i
+  local member = ARGV[base + 2]
+  if member ~= '' and redis.call('ZSCORE', dedup, member) then
+    seqs[i] = 0
+  else
+    top = top + 1
+    redis.call('XADD', stream, top .. '-' .. now, 't', ARGV[base],
+               'd', '{"seq":' .. top .. ',' .. ARGV[base + 1])
+    if member ~= '' then redis.call('ZADD', dedup, top, member) end
+    seqs[i] = top
+  end
+end
+""" + _TRIM_LUA + """
+redis.call('HSET', meta, 'epoch', epoch, 'top', top, 'lo', lo, 'ck', ck, 'ms', now)
+if ttl > 0 then
+  redis.call('PEXPIRE', meta, ttl)
+  redis.call('PEXPIRE', stream, ttl)
+  redis.call('PEXPIRE', dedup, ttl)
+  redis.call('PEXPIRE', ckpt, ttl)
+end
+redis.call('PUBLISH', ARGV[7], epoch .. ':' .. top)
+return {epoch, ck, seqs}
+"""
+
+_TRIM_SCRIPT_LUA = """
+-- KEYS: meta, stream, dedup. ARGV: retention count, retention age ms, channel.
+local meta, stream, dedup = KEYS[1], KEYS[2], KEYS[3]
+local retention, age = tonumber(ARGV[1]), tonumber(ARGV[2])
+local state = redis.call('HMGET', meta, 'epoch', 'top', 'lo', 'ck')
+if not state[1] then return 0 end
+local top, lo, ck = tonumber(state[2]), tonumber(state[3]), tonumber(state[4])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+""" + _TRIM_LUA + """
+if lo ~= tonumber(state[3]) then
+  redis.call('HSET', meta, 'lo', lo)
+  -- Replicas that mirror the thread forget the aged events too.
+  redis.call('PUBLISH', ARGV[3], state[1] .. ':' .. top)
+end
+return 1
+"""
+
+_CHECKPOINT_LUA = """
+-- KEYS: meta, stream, checkpoint. ARGV: epoch, seq, state, ttl ms (0: none).
+-- Compare-and-set: only a newer checkpoint of the same epoch replaces the one held.
+local meta, stream, ckpt = KEYS[1], KEYS[2], KEYS[3]
+local state = redis.call('HMGET', meta, 'epoch', 'ck', 'lo')
+local seq = tonumber(ARGV[2])
+if state[1] ~= ARGV[1] or tonumber(state[2]) >= seq then return 0 end
+redis.call('SET', ckpt, ARGV[3])
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then redis.call('PEXPIRE', ckpt, ttl) end
+redis.call('HSET', meta, 'ck', seq)
+local keep = tonumber(state[3])
+if seq + 1 < keep then keep = seq + 1 end
+redis.call('XTRIM', stream, 'MINID', '~', keep)
+return 1
+"""
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+def line_digest(line: EventLine) -> str | None:
+    """The de-duplication member of a producer line: ``pseq:hash`` of its canonical JSON.
+
+    The same in every process (``hash()`` of bytes is salted per process), so a retry
+    that lands on another replica is recognised. ``None`` without a producer seq.
+    """
+    producer_seq = line.event.seq
+    if producer_seq is None or line.digest is None:
+        return None
+    canonical = orjson.dumps(line.raw, option=orjson.OPT_SORT_KEYS)
+    return f"{producer_seq}:{hashlib.blake2b(canonical, digest_size=12).hexdigest()}"
+
+
+def _encoded_rest(line: EventLine, thread_id: str) -> bytes:
+    """The event's JSON without its opening brace and without ``seq``: the script puts
+    ``{"seq":N,`` in front once it has numbered the line."""
+    body = dict(line.raw)
+    body.pop("seq", None)
+    if body.get("thread_id") is None:
+        body["thread_id"] = thread_id
+    return orjson.dumps(body)[1:]
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _int(value: bytes | str | int | None, default: int = 0) -> int:
+    return default if value is None else int(value)
+
+
+def _seq_of(stream_id: bytes | str) -> int:
+    text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+    return int(text.split("-", 1)[0])
+
+
+# -- the folded state's checkpoint --------------------------------------------------------
+
+# ThreadSnapshot's attributes that hold objects; every other attribute must be plain JSON.
+_SNAPSHOT_OBJECTS = frozenset({"turns", "loose", "_running", "_dropped_ids"})
+
+
+def _slots(value: TurnState | ItemState) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in type(value).__slots__:
+        field = getattr(value, name)
+        if name == "items":
+            out[name] = [_slots(item) for item in field.values()]
+        else:
+            out[name] = field
+    return out
+
+
+def _turn(data: dict[str, Any]) -> TurnState:
+    turn = TurnState(data["id"])
+    for name, value in data.items():
+        if name == "items":
+            items: OrderedDict[str, ItemState] = OrderedDict()
+            for item_data in value:
+                item = ItemState(item_data["id"], item_data["type"])
+                for item_name, item_value in item_data.items():
+                    setattr(item, item_name, item_value)
+                items[item.id] = item
+            turn.items = items
+        else:
+            setattr(turn, name, value)
+    return turn
+
+
+def encode_state(snapshot: ThreadSnapshot) -> bytes:
+    """The fold's whole state as JSON (not the ``to_dict`` report: the fold goes on
+    from it). Raises ``TypeError`` on an attribute it does not know how to keep, so a
+    new kind of field fails the round-trip tests instead of being lost."""
+    state: dict[str, Any] = {}
+    for name, value in vars(snapshot).items():
+        if name == "turns":
+            state[name] = [_slots(turn) for turn in value.values()]
+        elif name == "loose":
+            state[name] = _slots(value)
+        elif name == "_running":
+            if value is not None and snapshot.turns.get(value.id) is not value:
+                raise TypeError("the running turn is not among the kept turns")
+            state[name] = None if value is None else value.id
+        elif name == "_dropped_ids":
+            state[name] = list(value)
+        else:
+            state[name] = value
+    # orjson refuses what is not plain JSON (with TypeError's subclass JSONEncodeError).
+    return orjson.dumps(state)
+
+
+def decode_state(data: bytes) -> ThreadSnapshot:
+    """The inverse of ``encode_state``."""
+    state = orjson.loads(data)
+    snapshot = ThreadSnapshot(state["thread_id"], max_turns=state["max_turns"],
+                              max_items=state["max_items"])
+    for name, value in state.items():
+        if name not in _SNAPSHOT_OBJECTS:
+            setattr(snapshot, name, value)
+    snapshot.turns = OrderedDict((turn["id"], _turn(turn)) for turn in state["turns"])
+    snapshot.loose = _turn(state["loose"])
+    running = state["_running"]
+    snapshot._running = None if running is None else snapshot.turns[running]
+    snapshot._dropped_ids = dict.fromkeys(state["_dropped_ids"])
+    return snapshot
+
+
+class _Folded:
+    """A thread's state as this replica last folded it, and its JSON for one seq."""
+
+    __slots__ = ("epoch", "json", "snapshot")
+
+    def __init__(self, epoch: str, snapshot: ThreadSnapshot) -> None:
+        self.epoch = epoch
+        self.snapshot = snapshot
+        self.json: tuple[int, bytes] | None = None
+
+    @property
+    def seq(self) -> int:
+        return self.snapshot.seq
+
+    def apply(self, seq: int, json: bytes) -> bool:
+        """Fold the stream entry ``seq`` if it is the next one; False if it is past it."""
+        if seq <= self.snapshot.seq:
+            return True  # folded already (by a concurrent fold or the appender)
+        if seq != self.snapshot.seq + 1:
+            return False
+        self.snapshot.apply(parse_event(json), seq)
+        return True
+
+    def to_json(self) -> bytes:
+        seq = self.snapshot.seq
+        cached = self.json
+        if cached is None or cached[0] != seq:
+            cached = self.json = (seq, orjson.dumps(self.snapshot.to_dict()))
+        return cached[1]
+
+
+# -- the local mirror of a watched thread ---------------------------------------------------
+
+class _MirrorLog(EventLog):
+    """An ``EventLog`` whose first seq is the stream's, not 1."""
+
+    def __init__(self, capacity: int, start: int) -> None:
+        super().__init__(capacity)
+        if start > 1:
+            # EventLog grows its ring lazily while every seq sits at its own index, which
+            # a later start breaks: take the whole ring at once.
+            self._ring = [None] * capacity
+            self.next_seq = self.first_seq = start
+
+
+class _Watch:
+    """A thread this replica reads for its local readers: channel, mirror, fetch task."""
+
+    def __init__(self, thread_id: str, channel: str) -> None:
+        self.thread_id = thread_id
+        self.channel = channel
+        self.readers = 0
+        self.idle_since: float | None = None
+        #: ``None`` until a fetch found the thread.
+        self.epoch: str | None = None
+        self.log: _MirrorLog | None = None
+        #: A fetch has completed since the channel was subscribed.
+        self.known = False
+        self.dirty = asyncio.Event()
+        self.lock = asyncio.Lock()
+        self.task: asyncio.Task[None] | None = None
+        self.shared: dict[Any, Any] = {}
+        self._changed: list[asyncio.Future[None]] = []
+
+    def changed(self) -> None:
+        """Wake the readers waiting for the thread to appear or its mirror to change."""
+        waiters, self._changed = self._changed, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_changed(self) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._changed.append(fut)
+        try:
+            await fut
+        finally:
+            with contextlib.suppress(ValueError):
+                self._changed.remove(fut)
+
+    def replace(self, epoch: str, capacity: int, start: int) -> _MirrorLog:
+        """A new mirror (new epoch, or events this replica missed): readers of the old one
+        finish it, then place themselves again from their position."""
+        if self.log is not None:
+            self.log.close()
+        self.epoch = epoch
+        self.log = _MirrorLog(capacity, start)
+        self.changed()
+        return self.log
+
+
+# -- readers ---------------------------------------------------------------------------------
+
+class RedisReader:
+    """A client's reader of one thread: a cursor on this replica's mirror of it."""
+
+    def __init__(self, broker: RedisBroker, thread_id: str, position: Position | None) -> None:
+        self._broker = broker
+        self._thread_id = thread_id
+        self._position = position
+        self._watch: _Watch | None = None
+        self._cursor: Cursor | None = None
+        self._epoch = ""
+        self._closed = False
+
+    async def next(self) -> Batch | Reset | None:
+        broker = self._broker
+        while True:
+            if self._closed or broker.closed:
+                return None
+            watch = self._watch
+            if watch is None:
+                watch = self._watch = broker._watch(self._thread_id)
+            cursor = self._cursor
+            if cursor is None:
+                log = watch.log
+                if not watch.known or log is None:
+                    # Not fetched yet, or no such thread: wait without creating it.
+                    await watch.wait_changed()
+                    continue
+                reset = await self._attach(watch, log)
+                if reset is not None:
+                    return reset
+                continue
+            start = cursor.position
+            entries, gap = cursor.read(broker.batch)
+            if gap is not None:
+                cursor.skip(gap)
+                reset = await broker._reset(self._thread_id, FELL_BEHIND)
+                if reset is None or reset.epoch != self._epoch:
+                    self._detach(Position(cursor.position - 1, self._epoch))
+                    continue
+                cursor.position = reset.seq + 1
+                return reset
+            if entries:
+                return Batch(self._epoch, entries, start, cursor.position, watch.shared)
+            if cursor.at_end():
+                if broker.closed or self._closed:
+                    return None
+                # The mirror was replaced (new epoch, or events this replica missed):
+                # place the cursor again from where the client is.
+                self._detach(Position(cursor.position - 1, self._epoch))
+                continue
+            await cursor.wait()
+
+    def _detach(self, position: Position) -> None:
+        if self._cursor is not None:
+            self._cursor.close()
+        self._cursor = None
+        self._position = position
+
+    async def _attach(self, watch: _Watch, log: _MirrorLog) -> Reset | None:
+        """Place the cursor from the client's position; a reset if it cannot resume."""
+        broker = self._broker
+        position = self._position
+        reason: str | None = None
+        start = 0
+        if position is None:
+            start = log.first_seq
+            if start > 1:
+                reason = HISTORY_EXPIRED
+        elif position.epoch == "":
+            reason = CURSOR_UNKNOWN
+        elif position.epoch is not None and position.epoch != watch.epoch:
+            reason = EPOCH_CHANGED
+        else:
+            start = position.seq + 1
+            if start > log.next_seq:
+                # The mirror may lag the stream (the client got its id from another
+                # replica a moment ago): catch up before calling the cursor ahead.
+                await broker._refresh(watch)
+                if watch.log is not log:
+                    return None  # replaced meanwhile: place again
+            if start > log.next_seq:
+                reason = CURSOR_AHEAD
+            elif start < log.first_seq:
+                reason = CURSOR_EXPIRED
+        assert watch.epoch is not None
+        soft_lag = max(1, log.capacity // 2)
+        if reason is not None:
+            reset = await broker._reset(self._thread_id, reason)
+            if reset is None or reset.epoch != watch.epoch or watch.log is not log:
+                return None  # the thread changed meanwhile: place again
+            self._epoch = reset.epoch
+            self._cursor = log.cursor(after=reset.seq, soft_lag=soft_lag)
+            self._position = Position(reset.seq, reset.epoch)
+            return reset
+        self._epoch = watch.epoch
+        self._cursor = log.cursor(after=start - 1, soft_lag=soft_lag)
+        return None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._cursor is not None:
+            self._cursor.close()
+        if self._watch is not None:
+            self._broker._unwatch(self._watch)
+            self._watch.changed()
+
+
+# -- the broker ---------------------------------------------------------------------------------
+
+class RedisBroker:
+    """Threads kept in Redis (Streams) and shared by every bridge replica on it."""
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "otel-events",
+        retention_count: int = 4096,
+        retention_age: float | None = None,
+        idle_expiry: float | None = 3600.0,
+        max_threads: int = 10_000,
+        max_turns: int = 20,
+        batch: int = 512,
+        checkpoint_every: int | None = None,
+        timeout: float = 5.0,
+        client: Redis | None = None,
+    ) -> None:
+        if retention_count < 2:
+            raise ValueError("retention_count must be at least 2")
+        self.prefix = prefix
+        self.retention_count = retention_count
+        self.retention_age = retention_age
+        self.idle_expiry = idle_expiry
+        self.max_threads = max_threads
+        self.max_turns = max_turns
+        self.batch = batch
+        #: Events between checkpoints of the folded state: the stream holds at most this
+        #: many events more than the retention.
+        self.checkpoint_every = checkpoint_every or max(1, min(256, retention_count // 4))
+        self.fetch_count = max(retention_count, 1024)
+        # No retries inside redis-py: a script retried after a timeout could run twice (a
+        # producer's retry is de-duplicated, a line without producer seq would not be);
+        # the caller answers 503 and the producer retries. A pooled connection that Redis
+        # closed is replaced when it is taken from the pool.
+        self._client: Redis = client or Redis.from_url(
+            url, retry=Retry(NoBackoff(), 0), socket_timeout=timeout,
+            socket_connect_timeout=timeout, health_check_interval=0)
+        self._append_script = self._client.register_script(_APPEND_LUA)
+        self._trim_script = self._client.register_script(_TRIM_SCRIPT_LUA)
+        self._checkpoint_script = self._client.register_script(_CHECKPOINT_LUA)
+        self._registry = f"{prefix}:threads"
+        self._watches: dict[str, _Watch] = {}
+        self._by_channel: dict[bytes, _Watch] = {}
+        self._folds: dict[str, _Folded] = {}
+        self._pubsub: PubSub | None = None
+        self._pubsub_up = False
+        self._listener: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self._last_sweep = time.monotonic()
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: BridgeSettings) -> RedisBroker:
+        assert settings.broker_url is not None
+        return cls(settings.broker_url, retention_count=settings.retention_count,
+                   retention_age=settings.retention_age, idle_expiry=settings.idle_expiry,
+                   max_threads=settings.max_threads, batch=settings.batch)
+
+    # -- keys --------------------------------------------------------------------------
+
+    def _key(self, thread_id: str, kind: str) -> str:
+        return f"{self.prefix}:{{{thread_id}}}:{kind}"
+
+    def _keys(self, thread_id: str) -> list[str]:
+        """meta, stream, dedup, checkpoint."""
+        return [self._key(thread_id, kind) for kind in ("m", "s", "d", "k")]
+
+    @property
+    def client(self) -> Redis:
+        return self._client
+
+    @property
+    def _ttl_ms(self) -> int:
+        return 0 if self.idle_expiry is None else max(1, int(self.idle_expiry * 1000))
+
+    # -- the Broker interface ------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def append(self, thread_id: str, lines: Sequence[EventLine]) -> Appended:
+        if not valid_thread_id(thread_id):
+            raise ValueError("invalid thread id")
+        args: list[bytes | str | int] = [
+            new_epoch(), self.retention_count,
+            0 if self.retention_age is None else max(1, int(self.retention_age * 1000)),
+            self._ttl_ms, self.max_threads, thread_id, self._key(thread_id, "n"),
+            self.prefix]
+        for line in lines:
+            args += [line.event.type, _encoded_rest(line, thread_id), line_digest(line) or ""]
+        meta, stream, dedup, ckpt = self._keys(thread_id)
+        try:
+            result = await self._append_script(
+                keys=[meta, stream, dedup, ckpt, self._registry], args=args)
+        except _UNREACHABLE as exc:
+            raise BrokerUnavailable(f"Redis is unreachable ({type(exc).__name__})") from None
+        if not result or result[0] is None:
+            raise TooManyThreads(f"the bridge holds {self.max_threads} threads")
+        epoch, checkpoint, seqs = _text(result[0]) or "", int(result[1]), result[2]
+        accepted = sum(1 for seq in seqs if seq)
+        last_seq = max(seqs) if accepted else None
+        if accepted:
+            self._fold_own(thread_id, epoch, lines, seqs)
+            assert last_seq is not None
+            if last_seq - checkpoint >= self.checkpoint_every:
+                with contextlib.suppress(*_UNREACHABLE):
+                    # A missed checkpoint is made by the next append: the stream keeps
+                    # everything after the last one meanwhile.
+                    await self._checkpoint(thread_id)
+        return Appended(accepted, len(seqs) - accepted, last_seq)
+
+    def reader(self, thread_id: str, position: Position | None) -> RedisReader:
+        return RedisReader(self, thread_id, position)
+
+    async def snapshot(self, thread_id: str) -> bytes | None:
+        folded = (await self._fold_many([thread_id]))[0]
+        return None if folded is None else folded.to_json()
+
+    async def summaries(self) -> list[dict[str, Any]]:
+        try:
+            ids = [_text(value) or "" for value in await self._client.zrange(
+                self._registry, 0, -1)]
+        except _UNREACHABLE as exc:
+            raise BrokerUnavailable(f"Redis is unreachable ({type(exc).__name__})") from None
+        folds = await self._fold_many(ids)
+        return [fold.snapshot.summary() for fold in folds if fold is not None]
+
+    async def expire(self) -> int:
+        """Registry cleanup, age retention, TTL refresh of the threads read here, and
+        watches with no reader since the previous sweep. Every replica sweeps; the work
+        is idempotent. Returns how many threads this sweep found gone."""
+        previous, self._last_sweep = self._last_sweep, time.monotonic()
+        for watch in list(self._watches.values()):
+            if (watch.readers == 0 and watch.idle_since is not None
+                    and watch.idle_since <= previous):
+                self._drop_watch(watch)
+        try:
+            return await self._sweep_redis()
+        except _UNREACHABLE:
+            return 0
+
+    async def _sweep_redis(self) -> int:
+        client = self._client
+        ttl = self._ttl_ms
+        if ttl and self._watches:
+            # Threads with readers here do not expire (as in memory: no event *and* no
+            # reader); their TTL is refreshed well within the idle expiry.
+            async with client.pipeline(transaction=False) as pipe:
+                for thread_id in self._watches:
+                    for key in self._keys(thread_id):
+                        pipe.pexpire(key, ttl)
+                await pipe.execute()
+        ids = [_text(raw) or "" for raw in await client.zrange(self._registry, 0, -1)]
+        if not ids:
+            return 0
+        # Threads whose keys expired (or were flushed) leave the registry.
+        async with client.pipeline(transaction=False) as pipe:
+            for thread_id in ids:
+                pipe.exists(self._key(thread_id, "m"))
+            alive = await pipe.execute()
+        gone = [thread_id for thread_id, exists in zip(ids, alive, strict=True) if not exists]
+        forgotten = int(await client.zrem(self._registry, *gone)) if gone else 0
+        for thread_id in gone:
+            self._folds.pop(thread_id, None)
+        if self.retention_age is not None:
+            # Appends trim a busy thread; a quiet one's events age here.
+            age_ms = int(self.retention_age * 1000)
+            async with client.pipeline(transaction=False) as pipe:
+                for thread_id, exists in zip(ids, alive, strict=True):
+                    if exists:
+                        meta, stream, dedup, _ = self._keys(thread_id)
+                        await self._trim_script(keys=[meta, stream, dedup],
+                                                args=[self.retention_count, age_ms,
+                                                      self._key(thread_id, "n")],
+                                                client=pipe)
+                await pipe.execute()
+        return forgotten
+
+    async def ready(self) -> bool:
+        if self._closed:
+            return False
+        try:
+            return bool(await asyncio.wait_for(self._client.ping(), 2.0))
+        except (TimeoutError, *_UNREACHABLE, RedisError):
+            return False
+
+    def close(self) -> None:
+        """End every reader's stream; Redis connections are closed by ``aclose``."""
+        if self._closed:
+            return
+        self._closed = True
+        for watch in self._watches.values():
+            if watch.log is not None:
+                watch.log.close()
+            watch.changed()
+            if watch.task is not None:
+                watch.task.cancel()
+        if self._listener is not None:
+            self._listener.cancel()
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to close on
+            task = asyncio.get_running_loop().create_task(self._close_connections())
+            self._closing = task
+
+    async def aclose(self) -> None:
+        """``close()`` and wait for the Redis connections to close."""
+        self.close()
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        listener = self._listener
+        if listener is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await listener
+        for watch in list(self._watches.values()):
+            if watch.task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watch.task
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            self._pubsub = None
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+
+    # -- state: checkpoint + tail ----------------------------------------------------------
+
+    def _fold_own(self, thread_id: str, epoch: str, lines: Sequence[EventLine],
+                  seqs: Sequence[int]) -> None:
+        """Fold what this append numbered into the cached state, when that state is just
+        before it (the common case: one producer per thread). The events are parsed
+        already; otherwise the next fold reads them from the stream."""
+        folded = self._folds.get(thread_id)
+        first = next(seq for seq in seqs if seq)
+        if folded is None or folded.epoch != epoch or folded.seq != first - 1:
+            return
+        for line, seq in zip(lines, seqs, strict=True):
+            if seq:
+                folded.snapshot.apply(line.event, seq)
+
+    async def _fold_many(self, thread_ids: Sequence[str]) -> list[_Folded | None]:
+        """Each thread's state up to the top of its stream (``None``: no such thread)."""
+        if not thread_ids:
+            return []
+        client = self._client
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for thread_id in thread_ids:
+                    pipe.hmget(self._key(thread_id, "m"), "epoch", "top", "ck")
+                metas = await pipe.execute()
+            # Second round trip: the tail after what is cached, or the checkpoint and
+            # the tail after it.
+            plans: list[tuple[int, str, bool]] = []
+            async with client.pipeline(transaction=False) as pipe:
+                for index, (thread_id, meta) in enumerate(
+                        zip(thread_ids, metas, strict=True)):
+                    epoch = _text(meta[0])
+                    if epoch is None:
+                        continue
+                    top, checkpoint = _int(meta[1]), _int(meta[2])
+                    folded = self._folds.get(thread_id)
+                    usable = (folded is not None and folded.epoch == epoch
+                              and checkpoint <= folded.seq <= top)
+                    if usable and folded is not None and folded.seq == top:
+                        continue
+                    base = folded.seq if usable and folded is not None else checkpoint
+                    if not usable:
+                        pipe.get(self._key(thread_id, "k"))
+                    pipe.xrange(self._key(thread_id, "s"), min=base + 1)
+                    plans.append((index, epoch, not usable))
+                replies = await pipe.execute() if plans else []
+        except _UNREACHABLE as exc:
+            raise BrokerUnavailable(f"Redis is unreachable ({type(exc).__name__})") from None
+        position = 0
+        for index, epoch, with_checkpoint in plans:
+            thread_id = thread_ids[index]
+            if with_checkpoint:
+                data = replies[position]
+                position += 1
+                snapshot = (decode_state(data) if data is not None
+                            else ThreadSnapshot(thread_id, max_turns=self.max_turns))
+                current = self._folds.get(thread_id)
+                if current is None or current.epoch != epoch or current.seq < snapshot.seq:
+                    self._folds[thread_id] = _Folded(epoch, snapshot)
+            entries = replies[position]
+            position += 1
+            folded = self._folds[thread_id]
+            for stream_id, fields in entries:
+                if not folded.apply(_seq_of(stream_id), fields[b"d"]):
+                    _log.warning("thread %s: events missing after seq %d of its stream",
+                                 thread_id, folded.seq)
+                    break
+        out: list[_Folded | None] = []
+        for thread_id, meta in zip(thread_ids, metas, strict=True):
+            epoch = _text(meta[0])
+            folded = self._folds.get(thread_id)
+            out.append(folded if epoch is not None and folded is not None
+                       and folded.epoch == epoch else None)
+        return out
+
+    async def _checkpoint(self, thread_id: str) -> None:
+        folded = (await self._fold_many([thread_id]))[0]
+        if folded is None:
+            return
+        meta, stream, _, ckpt = self._keys(thread_id)
+        await self._checkpoint_script(
+            keys=[meta, stream, ckpt],
+            args=[folded.epoch, folded.seq, encode_state(folded.snapshot), self._ttl_ms])
+
+    async def _reset(self, thread_id: str, reason: str) -> Reset | None:
+        """A reset with the thread's state now, or ``None`` if it is gone (or Redis is)."""
+        while not self._closed:
+            try:
+                folded = (await self._fold_many([thread_id]))[0]
+            except BrokerUnavailable:
+                await asyncio.sleep(0.5)  # readers outlive an outage: try again
+                continue
+            if folded is None:
+                return None
+            return Reset(reason, folded.epoch, folded.seq, folded.to_json())
+        return None
+
+    # -- watching ----------------------------------------------------------------------------
+
+    def _watch(self, thread_id: str) -> _Watch:
+        """This replica's watch of ``thread_id``, made (and subscribed) on first use."""
+        watch = self._watches.get(thread_id)
+        if watch is None:
+            channel = self._key(thread_id, "n")
+            watch = self._watches[thread_id] = _Watch(thread_id, channel)
+            self._by_channel[channel.encode()] = watch
+            watch.task = asyncio.get_running_loop().create_task(self._follow(watch))
+            if self._listener is None:
+                self._listener = asyncio.get_running_loop().create_task(self._listen())
+            elif self._pubsub_up and self._pubsub is not None:
+                self._subscribe_later(watch)
+        watch.readers += 1
+        watch.idle_since = None
+        return watch
+
+    def _subscribe_later(self, watch: _Watch) -> None:
+        pubsub = self._pubsub
+
+        async def subscribe() -> None:
+            # A failure here is repaired by the listener: it rebuilds the connection
+            # with every watched channel.
+            with contextlib.suppress(*_UNREACHABLE, RedisError):
+                if pubsub is not None:
+                    await pubsub.subscribe(watch.channel)
+
+        asyncio.get_running_loop().create_task(subscribe())
+
+    def _unwatch(self, watch: _Watch) -> None:
+        watch.readers -= 1
+        if watch.readers == 0:
+            # Kept until the next sweep: a client that reconnects finds its mirror warm.
+            watch.idle_since = time.monotonic()
+
+    def _drop_watch(self, watch: _Watch) -> None:
+        self._watches.pop(watch.thread_id, None)
+        self._by_channel.pop(watch.channel.encode(), None)
+        if watch.task is not None:
+            watch.task.cancel()
+        if watch.log is not None:
+            watch.log.close()
+        pubsub = self._pubsub
+        if self._pubsub_up and pubsub is not None:
+            async def unsubscribe() -> None:
+                with contextlib.suppress(*_UNREACHABLE, RedisError):
+                    await pubsub.unsubscribe(watch.channel)
+
+            asyncio.get_running_loop().create_task(unsubscribe())
+
+    async def _listen(self) -> None:
+        """The replica's one pub/sub connection: notifications mark watches dirty. A lost
+        connection is rebuilt with every watched channel, and each subscription's
+        confirmation triggers a fetch, which catches up on what was missed."""
+        delay = 0.05
+        control = f"{self.prefix}:replica:{secrets.token_hex(8)}"
+        while not self._closed:
+            pubsub = self._pubsub = self._client.pubsub()
+            try:
+                # The control channel keeps the connection subscribed with no watch.
+                await pubsub.subscribe(control, *[w.channel for w in self._watches.values()])
+                self._pubsub_up = True
+                quiet = 0
+                while not self._closed:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is None:
+                        quiet += 1
+                        if quiet >= 3:  # 15 s without a pong: the connection is gone
+                            raise RedisTimeoutError("pub/sub connection silent")
+                        await pubsub.ping()
+                        continue
+                    quiet = 0
+                    delay = 0.05
+                    kind = message["type"]
+                    if kind in (b"message", "message", b"subscribe", "subscribe"):
+                        channel = message["channel"]
+                        watch = self._by_channel.get(
+                            channel if isinstance(channel, bytes) else channel.encode())
+                        if watch is not None:
+                            watch.dirty.set()
+            except asyncio.CancelledError:
+                raise
+            except (*_UNREACHABLE, RedisError) as exc:
+                if self._pubsub_up:
+                    _log.warning("Redis pub/sub connection lost (%s); reconnecting",
+                                 type(exc).__name__)
+                self._pubsub_up = False
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+
+    async def _follow(self, watch: _Watch) -> None:
+        """Fetch whatever the watched thread's stream has past the mirror, whenever it is
+        marked dirty (a notification, a subscription confirmed)."""
+        delay = 0.05
+        while not self._closed:
+            await watch.dirty.wait()
+            watch.dirty.clear()
+            try:
+                await self._refresh(watch)
+                delay = 0.05
+            except asyncio.CancelledError:
+                raise
+            except (*_UNREACHABLE, RedisError) as exc:
+                _log.debug("fetch of %s failed (%s); retrying", watch.thread_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+                watch.dirty.set()
+
+    async def _refresh(self, watch: _Watch) -> None:
+        """Bring the mirror up to the stream's top (one round trip when it is current)."""
+        client = self._client
+        meta_key, stream_key = self._key(watch.thread_id, "m"), self._key(watch.thread_id, "s")
+        async with watch.lock:
+            while not self._closed:
+                log = watch.log
+                async with client.pipeline(transaction=False) as pipe:
+                    pipe.hmget(meta_key, "epoch", "lo")
+                    pipe.xrange(stream_key, min=log.next_seq if log is not None else "-",
+                                count=self.fetch_count)
+                    (epoch_raw, lo_raw), entries = await pipe.execute()
+                epoch = _text(epoch_raw)
+                if epoch is None:
+                    # No such thread (yet, or any more): readers wait; a new epoch's first
+                    # event will bring a new mirror.
+                    if not watch.known:
+                        watch.known = True
+                        watch.changed()
+                    return
+                lo = _int(lo_raw, 1)
+                if log is None or epoch != watch.epoch:
+                    watch.replace(epoch, self.retention_count, lo)
+                    watch.known = True
+                    continue
+                entries = [(seq, fields) for seq, fields in
+                           ((_seq_of(stream_id), fields) for stream_id, fields in entries)
+                           if seq >= log.next_seq]
+                if entries and entries[0][0] != log.next_seq:
+                    # Events this replica never saw have left the stream: start over from
+                    # what is held (its readers get a reset, never a silent gap).
+                    watch.replace(epoch, self.retention_count, lo)
+                    continue
+                for seq, fields in entries:
+                    log.append(_text(fields[b"t"]) or "", fields[b"d"])
+                    assert log.next_seq == seq + 1
+                if lo > log.first_seq:
+                    log.forget_before(lo)
+                if not watch.known:
+                    watch.known = True
+                    watch.changed()
+                if len(entries) < self.fetch_count:
+                    return
+
+    # -- diagnostics -------------------------------------------------------------------------
+
+    @property
+    def watched(self) -> int:
+        """Threads this replica reads from Redis now."""
+        return len(self._watches)
+
+    def readers(self, thread_id: str) -> int:
+        watch = self._watches.get(thread_id)
+        return 0 if watch is None else watch.readers
+
+    async def thread_ids(self) -> Iterable[str]:
+        return [_text(raw) or "" for raw in await self._client.zrange(self._registry, 0, -1)]
