@@ -279,6 +279,9 @@ class Ingester:
         # Threads spawned by a collab_tool_call -> the spawn's span.
         self._spawned: dict[str, SpanContext] = {}
         self._parent = otel_context.Context()
+        # When the latest event happened, and whether any event carried its own time.
+        self._last_ns = 0
+        self._stamped = False
 
     def feed_lines(self, lines: Iterable[str | bytes]) -> IngestResult:
         """Ingest every line; a bad line is recorded as rejected and the rest go on."""
@@ -292,14 +295,19 @@ class Ingester:
                 self.result.rejected.append((number, describe_error(exc)))
             except ValueError as exc:  # valid, yet not placeable in time (a leap second)
                 self.result.rejected.append((number, f"timestamp: {exc}"))
-        self.finish(time.time_ns())
+        # A stamped stream (a file) ends with its last event; a live one ends now.
+        self.finish(self._last_ns if self._stamped else time.time_ns())
         return self.result
 
     def feed(self, event: Event, read_ns: int) -> None:
         """One event; ``read_ns`` is used when the event carries no timestamp."""
         now = _event_ns(event.timestamp) if event.timestamp else read_ns
+        self._stamped = self._stamped or event.timestamp is not None
         if isinstance(event, ThreadStarted):
-            self._thread(event.thread_id)
+            # A new stream (the next `codex exec` of a file): what is still open was left.
+            self._end_turn(self._last_ns or now, ABANDONED,
+                           "the stream ended before the turn did")
+            self._thread(event.thread_id, self._last_ns or now)
         elif isinstance(event, TurnStarted):
             self._end_turn(now, ABANDONED, "a new turn started before this one ended")
             self._start_turn(event.turn_id, now)
@@ -317,6 +325,7 @@ class Ingester:
             else:
                 self._end_turn(now, event.error.type or "turn_failed", event.error.message,
                                usage)
+        self._last_ns = now
 
     def finish(self, now: int, message: str | None = None) -> None:
         """End of input: a turn still open was abandoned (``message`` says why); work
@@ -326,9 +335,9 @@ class Ingester:
 
     # -- threads and turns ----------------------------------------------------------
 
-    def _thread(self, thread_id: str | None) -> None:
+    def _thread(self, thread_id: str | None, now: int) -> None:
         if thread_id and thread_id != self.thread_id:
-            self._orphans(time.time_ns())
+            self._orphans(now)
             self.thread_id = thread_id
             spawn = self._spawned.get(thread_id)
             # A sub-agent's turns continue the trace of the call that spawned it.

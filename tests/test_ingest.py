@@ -15,7 +15,16 @@ from otel_events import ingest as ingest_module
 from otel_events.ingest import Ingester
 from otel_events.metrics import AgentMetrics
 
-from .codex.expected import AGENT, EXPECTED, TURN_SPAN, attrs, check, turn_outcomes, turns
+from .codex.expected import (
+    AGENT,
+    EXPECTED,
+    TURN_SPAN,
+    attrs,
+    check,
+    items,
+    turn_outcomes,
+    turns,
+)
 from .conftest import FIXTURES, Telemetry
 
 SAMPLE = FIXTURES / "codex-exec-sample.jsonl"
@@ -244,3 +253,30 @@ def test_a_sub_agent_thread_continues_the_trace_of_its_spawn(telemetry: Telemetr
 def _split_runs(lines: list[str]) -> tuple[list[str], list[str]]:
     starts = [i for i, line in enumerate(lines) if '"thread.started"' in line]
     return lines[:starts[1]], lines[starts[1]:]
+
+
+def test_a_new_stream_in_the_same_file_ends_what_the_last_one_left_open(
+        telemetry: Telemetry) -> None:
+    """An interrupted run, then another appended (`run --events` appends): the first
+    turn is abandoned where its stream stopped, and the second run's early warning goes
+    to the second run's turn."""
+    result = codex_ingester(telemetry).feed_lines(recorded("sigint")
+                                                  + recorded("unknown_model"))
+    assert result.turns == 2
+    first, second = turns(telemetry)
+    assert attrs(first)["error.type"] == "abandoned"
+    assert "error.type" not in attrs(second)
+    assert [s.name for s in items(telemetry, second)] == ["error", "agent_message"]
+    assert [s.name for s in items(telemetry, first)] == ["execute_tool command_execution"]
+
+
+def test_a_stamped_stream_that_stops_mid_turn_ends_at_its_last_event(
+        telemetry: Telemetry) -> None:
+    lines = ['{"type":"turn.started","timestamp":"2026-11-25T08:00:00Z"}',
+             '{"type":"item.started","timestamp":"2026-11-25T08:00:02Z",'
+             '"item":{"id":"a","type":"command_execution","command":"sleep 9"}}']
+    codex_ingester(telemetry).feed_lines(lines)  # replayed long after 08:00:02
+    (turn,) = turns(telemetry)
+    assert turn.end_time is not None and turn.start_time is not None
+    assert turn.end_time - turn.start_time == 2_000_000_000
+    assert attrs(turn)["error.type"] == "abandoned"
