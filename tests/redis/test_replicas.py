@@ -102,6 +102,10 @@ class Follower:
             await self._task
 
 
+def status(url: str) -> int:
+    return httpx.get(url, timeout=10.0).status_code
+
+
 def state(replica: Replica, path: str) -> Any:
     response = httpx.get(f"{replica.url}{path}", timeout=10.0)
     assert response.status_code == 200, (path, response.status_code, response.text)
@@ -196,8 +200,8 @@ async def test_redis_down_then_back(own_redis: RedisServer, start: Callable[...,
     assert response.status_code == 503
     assert response.headers["retry-after"].isdigit()
     assert "Redis" in response.json()["detail"]
-    assert httpx.get(f"{a.url}/readyz").status_code == 503
-    assert httpx.get(f"{a.url}/healthz").status_code == 200
+    assert status(f"{a.url}/readyz") == 503
+    assert status(f"{a.url}/healthz") == 200
     for n in range(5):  # published while Redis is down: the sink keeps retrying
         async with turn.item("command_execution", f"step {n}") as item:
             item.complete(output={"n": n})
@@ -205,7 +209,7 @@ async def test_redis_down_then_back(own_redis: RedisServer, start: Callable[...,
     await follower.until(lambda f: f.comments >= comments + 2, what="heartbeats")
 
     own_redis.start()
-    wait_for(lambda: httpx.get(f"{a.url}/readyz").status_code == 200, 20, "readiness")
+    wait_for(lambda: status(f"{a.url}/readyz") == 200, 20, "readiness")
     await turn.__aexit__(None, None, None)
     published = emitter.log.next_seq - 1
     await asyncio.to_thread(emitter.close, 20.0)
