@@ -215,7 +215,7 @@ class Server:
 
 async def _request(port: int, method: str, path: str, body: bytes = b"") -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"{method} {path} HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
+    writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
     data = await reader.read()
     writer.close()
@@ -240,7 +240,7 @@ async def _open_stream(port: int, path: str, rcvbuf: int | None = None
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.connect(("127.0.0.1", port))
     reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: b\r\n\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     return reader, writer
 
 

@@ -21,7 +21,7 @@ async def test_10000_connect_disconnect_cycles_leave_no_subscriber_and_no_memory
         thread = bridge.thread_state("th")
         log = thread.log
         port = int(bridge.url.rsplit(":", 1)[1])
-        request = b"GET /v1/threads/th/events HTTP/1.1\r\nHost: x\r\n\r\n"
+        request = b"GET /v1/threads/th/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
         async def cycles(count: int) -> None:
             # A bare socket client: the cost under test is the server's, not a client's.
@@ -175,7 +175,7 @@ def test_a_stalled_client_is_disconnected_after_the_send_timeout(
         stalled = socket.socket()
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.connect(("127.0.0.1", port))
-        stalled.sendall(b"GET /v1/threads/th/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        stalled.sendall(b"GET /v1/threads/th/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         wait_for(lambda: bridge.broker.readers("th") == 1)
         big = [{"type": "item.completed", "item": {"id": f"i{n}", "type": "x",
                                                    "text": "y" * 2000}} for n in range(2000)]

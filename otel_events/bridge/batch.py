@@ -9,6 +9,7 @@ that may be logged by proxies, and out of the bridge's own logs).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import orjson
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 from otel_events.bridge.broker import EventLine
 from otel_events.protocol import describe_error, parse_event
 
-__all__ = ["NDJSON_TYPES", "ParsedBatch", "UnsupportedMediaType", "parse_batch"]
+__all__ = ["MAX_DEPTH", "NDJSON_TYPES", "ParsedBatch", "UnsupportedMediaType", "parse_batch"]
 
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl",
                           "application/x-jsonlines", "application/jsonlines"})
@@ -25,6 +26,14 @@ _JSON_TYPES = frozenset({"application/json"})
 # The type goes into the SSE ``event:`` line: one line, no spaces, short.
 _EVENT_TYPE = re.compile(r"^[A-Za-z0-9_.:/-]{1,100}$")
 _RESERVED_TYPES = frozenset({"reset"})
+#: Deepest nesting of objects and arrays in one event (the event itself is level 1).
+#: The JSON parser takes 1024 levels, the encoder only 254, and the bridge wraps events
+#: in more (the thread's state, the ``reset`` message): a line past this is refused on
+#: its own, before anything of its batch is published.
+MAX_DEPTH = 64
+_MAX_SEQ = 2**64 - 1
+_DEPTH_ERROR = f"nesting: deeper than {MAX_DEPTH} levels of objects and arrays"
+_SEQ_ERROR = f"seq: must be a whole number from 0 to {_MAX_SEQ} (the producer's numbering)"
 
 
 class UnsupportedMediaType(ValueError):
@@ -39,9 +48,30 @@ class ParsedBatch:
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
-def _check(line: int, value: object, thread_id: str, batch: ParsedBatch) -> None:
+def _too_deep(value: object, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` nests objects and arrays more than ``limit`` levels deep."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children: Iterable[object] = node.values() if isinstance(node, dict) else (
+            node if isinstance(node, list) else ())
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _check(line: int, value: object, thread_id: str, batch: ParsedBatch,
+           may_be_deep: bool = True) -> None:
     if not isinstance(value, dict):
         batch.rejected.append((line, "an event must be a JSON object"))
+        return
+    # ``may_be_deep``: the caller counted the brackets of the raw bytes (at C speed); too
+    # few for the limit spares the walk, which is nearly every line.
+    if may_be_deep and _too_deep(value):
+        batch.rejected.append((line, _DEPTH_ERROR))
         return
     kind = value.get("type")
     if not isinstance(kind, str) or not _EVENT_TYPE.match(kind):
@@ -55,6 +85,12 @@ def _check(line: int, value: object, thread_id: str, batch: ParsedBatch) -> None
     if owner is not None and owner != thread_id:
         batch.rejected.append((line, "thread_id: differs from the thread in the URL"))
         return
+    # Strictly an integer: ``true`` is not seq 1, and 2**64 (a float to the parser) is
+    # refused here with a clear reason rather than coerced or refused with a parser's.
+    seq = value.get("seq")
+    if seq is not None and (type(seq) is not int or not 0 <= seq <= _MAX_SEQ):
+        batch.rejected.append((line, _SEQ_ERROR))
+        return
     try:
         event = parse_event(value)
     except ValidationError as exc:
@@ -65,6 +101,11 @@ def _check(line: int, value: object, thread_id: str, batch: ParsedBatch) -> None
     digest = (hash(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
               if event.seq is not None else None)
     batch.events.append(EventLine(line, event, digest, value))
+
+
+def _brackets(data: bytes) -> int:
+    """Opening brackets in ``data``: more than any nesting depth it can hold."""
+    return data.count(b"{") + data.count(b"[")
 
 
 def parse_batch(body: bytes, media_type: str, thread_id: str) -> ParsedBatch:
@@ -81,8 +122,9 @@ def parse_batch(body: bytes, media_type: str, thread_id: str) -> ParsedBatch:
         if not isinstance(values, list):
             batch.rejected.append((1, "the body must be a JSON array of events"))
             return batch
+        deep = _brackets(body) > MAX_DEPTH
         for number, value in enumerate(values, 1):
-            _check(number, value, thread_id, batch)
+            _check(number, value, thread_id, batch, deep)
     elif media_type in NDJSON_TYPES:
         for number, raw in enumerate(body.split(b"\n"), 1):
             if not raw.strip():
@@ -92,7 +134,7 @@ def parse_batch(body: bytes, media_type: str, thread_id: str) -> ParsedBatch:
             except orjson.JSONDecodeError as exc:
                 batch.rejected.append((number, f"not valid JSON: {exc}"))
                 continue
-            _check(number, value, thread_id, batch)
+            _check(number, value, thread_id, batch, _brackets(raw) > MAX_DEPTH)
     else:
         raise UnsupportedMediaType(media_type)
     if not batch.events and not batch.rejected:

@@ -10,6 +10,8 @@ a restart or an expiry gives a new one, so no old position can be misread.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import json
 import re
 import secrets
 import time
@@ -28,7 +30,7 @@ from otel_events.bridge.broker import (
     TooManyThreads,
 )
 from otel_events.bridge.snapshot import ThreadSnapshot
-from otel_events.log import Cursor, EventLog
+from otel_events.log import Cursor, Entry, EventLog
 from otel_events.protocol import Event, encode_event
 
 __all__ = ["THREAD_ID_PATTERN", "MemoryBroker", "MemoryThread", "valid_thread_id"]
@@ -55,16 +57,35 @@ def new_epoch() -> str:
     return secrets.token_hex(4)
 
 
+class ByteBudget:
+    """Bytes of event JSON held for replay by every thread of a broker, and its bound."""
+
+    __slots__ = ("limit", "total")
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.total = 0
+
+    @property
+    def over(self) -> bool:
+        return self.limit is not None and self.total > self.limit
+
+
 class MemoryThread:
     """One thread as the bridge holds it: its log, its folded state, its readers."""
 
     def __init__(self, thread_id: str, capacity: int, max_age: float | None,
-                 dedup_window: int, max_turns: int = 20) -> None:
+                 dedup_window: int, max_turns: int = 20, max_bytes: int | None = None,
+                 budget: ByteBudget | None = None) -> None:
         self.thread_id = thread_id
         self.epoch = new_epoch()
         self.log = EventLog(capacity)
         self.snapshot = ThreadSnapshot(thread_id, max_turns=max_turns)
         self.max_age = max_age
+        #: Bytes of event JSON this thread holds for replay, and their bound.
+        self.bytes = 0
+        self.max_bytes = max_bytes
+        self._budget = budget if budget is not None else ByteBudget(None)
         #: SSE connections reading this thread now.
         self.readers = 0
         self.last_active = time.monotonic()
@@ -84,16 +105,15 @@ class MemoryThread:
         bridge's seq) is several times cheaper than serialising the model again.
         """
         producer_seq = event.seq
+        key: tuple[int, int] | None = None
         if producer_seq is not None and digest is not None:
             key = (producer_seq, digest)
-            seen = self._seen
-            if key in seen:
+            if key in self._seen:
                 return None
-            seen[key] = None
-            if len(seen) > self._dedup_window:
-                del seen[next(iter(seen))]
         log = self.log
         seq = log.next_seq
+        # Encoded before anything is recorded: if encoding ever failed, the line would
+        # not be remembered as seen, so a retry could still deliver it.
         if raw is not None:
             body = dict(raw)
             if body.get("thread_id") is None:
@@ -107,14 +127,55 @@ class MemoryThread:
             if event.thread_id is None:
                 event.thread_id = self.thread_id
             data = encode_event(event)
+        if key is not None:
+            seen = self._seen
+            seen[key] = None
+            if len(seen) > self._dedup_window:
+                del seen[next(iter(seen))]
+        overwritten = log.get(seq - log.capacity)  # the ring's slot being reused
+        if overwritten is not None:
+            self._release(len(overwritten.json))
         log.append(event.type, data)
+        self.bytes += len(data)
+        self._budget.total += len(data)
         self.snapshot.apply(event, seq)
         now = time.monotonic()
         self.last_active = now
         if self.max_age is not None:
             self._arrivals.append((now, seq))
             self.trim(now)
+        if self.max_bytes is not None and self.bytes > self.max_bytes:
+            self.trim_bytes(self.max_bytes)
         return seq
+
+    def _release(self, size: int) -> None:
+        self.bytes -= size
+        self._budget.total -= size
+
+    def forget_before(self, seq: int) -> None:
+        """Forget every event below ``seq`` (keeping the byte counts right)."""
+        log = self.log
+        released = 0
+        for old in range(log.first_seq, min(seq, log.next_seq)):
+            entry = log.get(old)
+            if entry is not None:
+                released += len(entry.json)
+        log.forget_before(seq)
+        self._release(released)
+
+    def trim_bytes(self, limit: int) -> None:
+        """Forget the oldest events until at most ``limit`` bytes are held; the newest
+        event always stays (a client can still resume from it)."""
+        log = self.log
+        excess = self.bytes - limit
+        keep_from = log.first_seq
+        while excess > 0 and keep_from < log.next_seq - 1:
+            entry = log.get(keep_from)
+            if entry is not None:
+                excess -= len(entry.json)
+            keep_from += 1
+        if keep_from > log.first_seq:
+            self.forget_before(keep_from)
 
     def trim(self, now: float | None = None) -> None:
         """Forget events older than ``max_age``."""
@@ -126,16 +187,29 @@ class MemoryThread:
         while arrivals and (arrivals[0][0] < horizon or arrivals[0][1] < self.log.first_seq):
             keep_from = arrivals.popleft()[1] + 1
         if keep_from:
-            self.log.forget_before(keep_from)
+            self.forget_before(keep_from)
 
     def snapshot_json(self) -> bytes:
         """The folded state as JSON, encoded once per seq."""
         seq = self.snapshot.seq
         cached = self._snapshot_json
         if cached is None or cached[0] != seq:
-            cached = (seq, orjson.dumps(self.snapshot.to_dict()))
+            state = self.snapshot.to_dict()
+            try:
+                data = orjson.dumps(state)
+            except orjson.JSONEncodeError:
+                # Sums of producers' counts (token usage) can pass 64 bits, which orjson
+                # refuses; the standard encoder writes any integer.
+                data = json.dumps(state, separators=(",", ":"), default=str).encode()
+            cached = (seq, data)
             self._snapshot_json = cached
         return cached[1]
+
+    def drop(self) -> None:
+        """The thread is forgotten: its bytes leave the budget, its readers end."""
+        self._budget.total -= self.bytes
+        self.bytes = 0
+        self.log.close()
 
     def reset(self, reason: str) -> Reset:
         return Reset(reason, self.epoch, self.snapshot.seq, self.snapshot_json())
@@ -145,11 +219,12 @@ class MemoryReader:
     """A client's reader of one ``MemoryThread`` (a cursor on its log)."""
 
     def __init__(self, broker: MemoryBroker, thread_id: str, position: Position | None,
-                 batch: int) -> None:
+                 batch: int, batch_bytes: int | None = None) -> None:
         self._broker = broker
         self._thread_id = thread_id
         self._position = position
         self._batch = batch
+        self._batch_bytes = batch_bytes
         self._thread: MemoryThread | None = None
         self._cursor: Cursor | None = None
         self._closed = False
@@ -181,10 +256,24 @@ class MemoryReader:
                 cursor.position = reset.seq + 1
                 return reset
             if entries:
+                if self._batch_bytes is not None and len(entries) > 1:
+                    entries = self._cut(entries, self._batch_bytes, cursor)
                 return Batch(thread.epoch, entries, start, cursor.position, thread.shared)
             if cursor.at_end():
                 return None
             await cursor.wait()
+
+    @staticmethod
+    def _cut(entries: list[Entry], limit: int, cursor: Cursor) -> list[Entry]:
+        """At most ``limit`` bytes of events (at least one): a client that stops reading
+        pins one write, never a whole replay."""
+        size = 0
+        for index, entry in enumerate(entries):
+            size += len(entry.json)
+            if size > limit and index:
+                cursor.position = entries[index - 1].seq + 1
+                return entries[:index]
+        return entries
 
     def _attach(self, thread: MemoryThread) -> Reset | None:
         """Place the cursor from the client's position; a reset if it cannot resume."""
@@ -249,6 +338,9 @@ class MemoryBroker:
         max_threads: int = 10_000,
         max_turns: int = 20,
         batch: int = 512,
+        batch_bytes: int | None = 256 * 1024,
+        retention_bytes: int | None = None,
+        retention_total_bytes: int | None = None,
     ) -> None:
         self.retention_count = retention_count
         self.retention_age = retention_age
@@ -256,6 +348,11 @@ class MemoryBroker:
         self.max_threads = max_threads
         self.max_turns = max_turns
         self.batch = batch
+        #: Most bytes of events in one batch for one client (at least one event).
+        self.batch_bytes = batch_bytes
+        #: Bytes of event JSON kept per thread; the budget bounds all threads together.
+        self.retention_bytes = retention_bytes
+        self.budget = ByteBudget(retention_total_bytes)
         self._threads: dict[str, MemoryThread] = {}
         # Readers waiting for a thread's first event: a future per thread id, made
         # and dropped with its readers (it holds no registry capacity).
@@ -283,10 +380,31 @@ class MemoryBroker:
             else:
                 accepted += 1
                 last_seq = seq
+            if self.budget.over:
+                self.enforce_budget()
         return Appended(accepted, duplicates, last_seq)
 
     def reader(self, thread_id: str, position: Position | None) -> MemoryReader:
-        return MemoryReader(self, thread_id, position, self.batch)
+        return MemoryReader(self, thread_id, position, self.batch, self.batch_bytes)
+
+    def enforce_budget(self) -> None:
+        """Bring the bytes held by all threads under the total bound, trimming the
+        biggest threads first (to 90 % of it, so this runs once per tenth of the bound
+        appended, not on every event once full)."""
+        budget = self.budget
+        if budget.limit is None:
+            return
+        target = budget.limit * 9 // 10
+        heap = [(-thread.bytes, index, thread)
+                for index, thread in enumerate(self._threads.values())]
+        heapq.heapify(heap)
+        while budget.total > target and heap:
+            _, index, thread = heapq.heappop(heap)
+            before = thread.bytes
+            # Halve the biggest thread, or take just what is missing: threads even out.
+            thread.trim_bytes(max(before - (budget.total - target), before // 2))
+            if thread.bytes < before:
+                heapq.heappush(heap, (-thread.bytes, index, thread))
 
     async def snapshot(self, thread_id: str) -> bytes | None:
         thread = self._threads.get(thread_id)
@@ -304,7 +422,7 @@ class MemoryBroker:
     def close(self) -> None:
         self._closed = True
         for thread in self._threads.values():
-            thread.log.close()
+            thread.drop()
         for entry in self._awaited.values():
             entry.wake()
 
@@ -324,7 +442,8 @@ class MemoryBroker:
                 if len(self._threads) >= self.max_threads:
                     raise TooManyThreads(f"the bridge holds {self.max_threads} threads")
             thread = MemoryThread(thread_id, self.retention_count, self.retention_age,
-                                  dedup_window=self.retention_count, max_turns=self.max_turns)
+                                  dedup_window=self.retention_count, max_turns=self.max_turns,
+                                  max_bytes=self.retention_bytes, budget=self.budget)
             self._threads[thread_id] = thread
             entry = self._awaited.pop(thread_id, None)
             if entry is not None:
@@ -375,6 +494,6 @@ class MemoryBroker:
             if (self.idle_expiry is not None and thread.readers == 0
                     and now - thread.last_active > self.idle_expiry):
                 del self._threads[thread_id]
-                thread.log.close()
+                thread.drop()
                 expired += 1
         return expired

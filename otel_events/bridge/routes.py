@@ -8,16 +8,22 @@ import anyio
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from sse_starlette import ServerSentEvent
+from starlette.requests import ClientDisconnect
 
 from otel_events.bridge.batch import NDJSON_TYPES, UnsupportedMediaType, parse_batch
 from otel_events.bridge.broker import Broker, BrokerUnavailable, TooManyThreads
 from otel_events.bridge.memory import THREAD_ID_PATTERN
 from otel_events.bridge.settings import BridgeSettings
-from otel_events.bridge.sse import SlowClientResponse, event_stream, parse_position
+from otel_events.bridge.sse import SlowClientResponse, event_stream, incidents, parse_position
 
-__all__ = ["IngestResponse", "router"]
+__all__ = ["DROPPED_EXTENSION", "IngestResponse", "router"]
+
+#: Set in ``scope["extensions"]`` by the bridge's uvicorn protocol when it dropped the
+#: connection itself (a body too slow): that incident is counted there, not twice.
+DROPPED_EXTENSION = "otel_events.dropped"
 
 # Parsing a big body (pydantic, per line) moves to a worker thread so it cannot hold up
 # the streams of every other client.
@@ -55,17 +61,24 @@ def _settings(request: Request) -> BridgeSettings:
     return settings
 
 
+class _Aborted(Exception):
+    """The producer went away before its body was complete."""
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise HTTPException(413, f"the body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(413, f"the body is larger than {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise _Aborted from None
     return b"".join(chunks)
 
 
@@ -91,13 +104,20 @@ async def readyz(request: Request) -> JSONResponse:
     tags=["v1"],
     response_model=IngestResponse,
     responses={207: {"model": IngestResponse, "description": "Some lines were rejected."},
-               401: {"model": ErrorBody}, 413: {"model": ErrorBody},
-               415: {"model": ErrorBody},
-               422: {"model": IngestResponse, "description": "No line was accepted."},
+               400: {"model": ErrorBody}, 401: {"model": ErrorBody},
+               413: {"model": ErrorBody}, 415: {"model": ErrorBody},
+               # Per-line rejections, or (no line read) a thread id the URL may not hold.
+               422: {"description": "No line was accepted, or the thread id is invalid.",
+                     "content": {"application/json": {"schema": {"anyOf": [
+                         {"$ref": "#/components/schemas/IngestResponse"},
+                         {"$ref": "#/components/schemas/HTTPValidationError"}]}}}},
                503: {"model": ErrorBody}},
     openapi_extra={"requestBody": {"required": True, "content": {
-        "application/x-ndjson": {"schema": {"type": "string"}},
-        "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+        "application/x-ndjson": {"schema": {
+            "type": "string",
+            "description": "One ProtocolEvent as JSON per line; blank lines are skipped."}},
+        "application/json": {"schema": {
+            "type": "array", "items": {"$ref": "#/components/schemas/ProtocolEvent"}}},
     }}},
 )
 async def ingest(thread_id: ThreadId, request: Request) -> JSONResponse:
@@ -111,7 +131,16 @@ async def ingest(thread_id: ThreadId, request: Request) -> JSONResponse:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type not in NDJSON_TYPES and media_type != "application/json":
         raise HTTPException(415, "send application/x-ndjson or application/json")
-    body = await _read_body(request, settings.max_body_bytes)
+    try:
+        body = await _read_body(request, settings.max_body_bytes)
+    except _Aborted:
+        # Nothing of a cut-off body is used. The producer is gone, so this answer goes
+        # nowhere; the incident is logged in one line, not as a crash with a traceback.
+        if not request.scope.get("extensions", {}).get(DROPPED_EXTENSION):
+            incidents(request.scope).report(
+                "upload_aborted", "ingest requests abandoned by their producers "
+                                  "before the end of the body (nothing of them was kept)")
+        return JSONResponse({"detail": "the body was cut off"}, status_code=400)
     try:
         if len(body) > _PARSE_IN_THREAD_BYTES:
             batch = await anyio.to_thread.run_sync(parse_batch, body, media_type, thread_id)
@@ -156,7 +185,7 @@ async def events(
         max_length=64, description="Resume after this position (for clients that cannot "
                                    "set the Last-Event-ID header).")] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> SlowClientResponse:
+) -> Response:
     """The thread's events: retained ones first (or those after the position), then live.
 
     A position the bridge cannot resume from exactly (expired, from another epoch,
@@ -171,8 +200,11 @@ async def events(
     position = parse_position(header if header is not None else last_event_id)
     if broker.closed:
         raise HTTPException(503, "the bridge is shutting down")
+    if request.method == "HEAD":  # the head of a stream, without opening a reader
+        return Response(media_type="text/event-stream", headers={"Cache-Control": "no-store"})
     return SlowClientResponse(
-        event_stream(broker.reader(thread_id, position), settings.retry_ms),
+        event_stream(broker.reader(thread_id, position), settings.retry_ms,
+                     settings.max_write_bytes),
         ping=settings.heartbeat,
         ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
         sep="\n",
@@ -194,3 +226,12 @@ async def thread_state(thread_id: ThreadId, request: Request) -> Response:
     if snapshot is None:
         raise HTTPException(404, "no such thread")
     return Response(snapshot, media_type="application/json")
+
+
+# HEAD works wherever GET does (the body left out by the server), without a second entry
+# per route in the OpenAPI document.
+for _route in list(router.routes):
+    if isinstance(_route, APIRoute) and _route.methods == {"GET"}:
+        router.add_api_route(_route.path, _route.endpoint, methods=["HEAD"],
+                             include_in_schema=False, response_class=_route.response_class,
+                             name=f"{_route.name}_head")

@@ -3,13 +3,26 @@ workstation (loopback, no CORS, bounded retention)."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["BROKER_ENV", "TOKEN_ENV", "BridgeSettings"]
+__all__ = ["BROKER_ENV", "TOKEN_ENV", "BridgeSettings", "is_loopback"]
 
 TOKEN_ENV = "OTEL_EVENTS_BRIDGE_TOKEN"
 BROKER_ENV = "OTEL_EVENTS_BRIDGE_BROKER"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``, IPv6 with or without brackets)
+    names this machine's loopback interface."""
+    host = host.lower().strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -25,10 +38,18 @@ class BridgeSettings:
     broker_url: str | None = None
     #: Origins allowed to read from browsers on other origins (CORS); none by default.
     cors_origins: Sequence[str] = ()
+    #: Host names (``Host`` header, any port) this bridge answers to; others get 421,
+    #: which stops DNS rebinding. ``None``: the loopback names when bound to loopback,
+    #: any host otherwise (then name yours). ``"*"`` in the list allows any.
+    allowed_hosts: Sequence[str] | None = None
     max_body_bytes: int = 4 * 1024 * 1024
     #: Events kept per thread for replay, by count and by age (seconds).
     retention_count: int = 4096
     retention_age: float | None = 3600.0
+    #: Bytes of event JSON kept for replay, per thread and over all threads together
+    #: (``None``: no byte bound). The newest event of a thread is always kept.
+    retention_bytes: int | None = 64 * 1024 * 1024
+    retention_total_bytes: int | None = 512 * 1024 * 1024
     #: A thread with no event and no reader for this long is forgotten.
     idle_expiry: float | None = 3600.0
     max_threads: int = 10_000
@@ -43,6 +64,17 @@ class BridgeSettings:
     sweep_interval: float = 30.0
     #: Most events sent to one client in one write.
     batch: int = 512
+    #: Most bytes of events in one write to one client (a write holds at least one
+    #: event): what a client that stops reading can pin, beside uvicorn's 64 KiB.
+    max_write_bytes: int = 256 * 1024
+    #: Seconds a client has to send a request's head (line and headers), counted from
+    #: the connection (or the end of the previous response), and its whole body.
+    #: Slower ones are dropped: a trickle cannot hold a connection (slowloris).
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    #: Most connections served at once (uvicorn's ``limit_concurrency``: beyond it new
+    #: requests get 503); ``None``: no cap. Every SSE client holds one.
+    max_connections: int | None = None
     #: Seconds uvicorn waits for requests at shutdown before cancelling them.
     shutdown_timeout: int = 5
 
@@ -55,3 +87,23 @@ class BridgeSettings:
             raise ValueError("max_body_bytes must be positive")
         if self.token is not None and not self.token.isascii():
             raise ValueError("the token must be ASCII")
+        for name in ("retention_bytes", "retention_total_bytes", "max_connections"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be positive (or None)")
+        if self.max_write_bytes < 1:
+            raise ValueError("max_write_bytes must be positive")
+        if self.header_timeout <= 0 or self.body_timeout <= 0:
+            raise ValueError("header_timeout and body_timeout must be positive")
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether a request's ``Host`` name (port removed) is one this bridge answers.
+
+        Loopback literals and ``localhost`` can only come from a page on this machine's
+        own origin; any other name reaching a loopback bridge is a rebinding attempt.
+        """
+        host = host.lower().rstrip(".")
+        if self.allowed_hosts is None:
+            return not is_loopback(self.host) or is_loopback(host)
+        allowed = {name.lower().rstrip(".") for name in self.allowed_hosts}
+        return "*" in allowed or host in allowed or host.strip("[]") in allowed

@@ -9,13 +9,18 @@ else unreadable is an unknown position, answered with a reset, never an error.
 
 Frames of one batch are joined once and the same bytes go to every client that is
 caught up. Heartbeats are comments, so they never move a position.
+
+A write to one client holds at most ``max_write_bytes`` of events (at least one event):
+the server copies each write into the connection's buffer, so a client that stops
+reading pins one write, not a whole replay. A client that cannot take a write within
+the send timeout is dropped for real: its connection is aborted (buffers freed, the
+socket reset), not closed politely after a flush that would never come.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import orjson
 from sse_starlette import EventSourceResponse
@@ -23,10 +28,15 @@ from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
 from otel_events.bridge.broker import Batch, Position, Reset, ThreadReader
+from otel_events.bridge.incidents import Incidents
+from otel_events.log import Entry
 
-__all__ = ["RESET_EVENT", "SlowClientResponse", "event_stream", "frame", "parse_position"]
+__all__ = ["ABORT_EXTENSION", "RESET_EVENT", "SlowClientResponse", "event_stream", "frame",
+           "parse_position"]
 
-_log = logging.getLogger(__name__)
+#: Key in ``scope["extensions"]`` of a callable that aborts the connection (the bridge's
+#: uvicorn protocol provides it; other servers may not).
+ABORT_EXTENSION = "otel_events.abort"
 
 RESET_EVENT = "reset"
 #: A position that matches no epoch: the client gets a reset.
@@ -68,6 +78,11 @@ def reset_frame(reset: Reset) -> bytes:
     return b"id: %s:%d\nevent: reset\ndata: %s\n\n" % (reset.epoch.encode(), reset.seq, data)
 
 
+def _join(epoch: bytes, entries: list[Entry]) -> bytes:
+    return b"".join([b"id: %s:%d\nevent: %s\ndata: %s\n\n" % (
+        epoch, entry.seq, entry.type.encode(), entry.json) for entry in entries])
+
+
 def batch_frames(batch: Batch) -> bytes:
     """The frames of a batch, joined once for every client reading the same range."""
     key = (batch.epoch, batch.start, batch.end)
@@ -75,37 +90,99 @@ def batch_frames(batch: Batch) -> bytes:
     if cached is not None and cached[0] == key:
         data: bytes = cached[1]
         return data
-    epoch = batch.epoch.encode()
-    data = b"".join([b"id: %s:%d\nevent: %s\ndata: %s\n\n" % (
-        epoch, entry.seq, entry.type.encode(), entry.json) for entry in batch.entries])
+    data = _join(batch.epoch.encode(), batch.entries)
     if batch.end - batch.start == len(batch.entries):  # nothing skipped: shareable
         batch.shared["frames"] = (key, data)
     return data
 
 
-async def event_stream(reader: ThreadReader, retry_ms: int) -> AsyncIterator[bytes]:
+def _parts(batch: Batch, max_write_bytes: int) -> Iterator[bytes]:
+    """The batch's frames in writes of at most ``max_write_bytes`` of events each (at
+    least one event), each joined only when it is wanted."""
+    epoch = batch.epoch.encode()
+    part: list[Entry] = []
+    size = 0
+    for entry in batch.entries:
+        if part and size + len(entry.json) > max_write_bytes:
+            yield _join(epoch, part)
+            part, size = [], 0
+        part.append(entry)
+        size += len(entry.json)
+    if part:
+        yield _join(epoch, part)
+
+
+async def event_stream(reader: ThreadReader, retry_ms: int,
+                       max_write_bytes: int | None = None) -> AsyncIterator[bytes]:
     """Chunks of SSE bytes for one client. Ends when the broker ends the stream
-    (shutdown, thread expiry); the client then reconnects with its Last-Event-ID."""
+    (shutdown, thread expiry); the client then reconnects with its Last-Event-ID.
+
+    The memory broker cuts its batches to ``max_write_bytes`` already; a batch over it
+    (a broker that hands over more) is sent in parts, so the bound holds whatever the
+    broker does.
+    """
     try:
         yield b"retry: %d\n\n" % retry_ms
         while (batch := await reader.next()) is not None:
-            yield reset_frame(batch) if isinstance(batch, Reset) else batch_frames(batch)
+            if isinstance(batch, Reset):
+                yield reset_frame(batch)
+            elif (max_write_bytes is not None and len(batch.entries) > 1
+                  and _over(batch, max_write_bytes)):
+                for part in _parts(batch, max_write_bytes):
+                    yield part
+            else:
+                yield batch_frames(batch)
     finally:
         reader.close()
+
+
+def _over(batch: Batch, limit: int) -> bool:
+    """Whether the batch's events pass ``limit`` bytes, worked out once per batch."""
+    key = (batch.epoch, batch.start, batch.end)
+    cached = batch.shared.get("size")
+    if cached is not None and cached[0] == key:
+        return bool(cached[1] > limit)
+    size = sum([len(entry.json) for entry in batch.entries])
+    if batch.end - batch.start == len(batch.entries):
+        batch.shared["size"] = (key, size)
+    return size > limit
 
 
 class SlowClientResponse(EventSourceResponse):
     """An ``EventSourceResponse`` that drops a client too slow to take a write in time.
 
-    sse-starlette raises ``SendTimeoutError`` out of the application then, which servers
-    log as a crash with a traceback; a slow client is an expected event, logged in one
-    line. The client can resume with its Last-Event-ID.
+    sse-starlette raises ``SendTimeoutError`` out of the application then. Returning
+    would leave the server to *close* the connection, which waits for the unsent bytes
+    to drain, and a stalled client never takes them: the socket and its buffer stay.
+    So the connection is aborted (``ABORT_EXTENSION``). A slow client is an expected
+    event: counted, logged in one line at most per interval, never with a traceback.
+    The client can resume with its Last-Event-ID.
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         except SendTimeoutError:
-            client = scope.get("client")
-            _log.warning("SSE client %s did not take a write within %ss: disconnected",
-                         f"{client[0]}:{client[1]}" if client else "?", self.send_timeout)
+            self._drop(scope)
+        except BaseExceptionGroup as group:  # the stream and the heartbeat both timed out
+            if group.split(SendTimeoutError)[1] is not None:
+                raise
+            self._drop(scope)
+
+    def _drop(self, scope: Scope) -> None:
+        abort = scope.get("extensions", {}).get(ABORT_EXTENSION)
+        if abort is not None:
+            abort()
+        incidents(scope).report(
+            "send_timeout", f"SSE clients dropped: they did not take a write within "
+                            f"{self.send_timeout}s (they may resume)")
+
+
+_fallback_incidents = Incidents()
+
+
+def incidents(scope: Scope) -> Incidents:
+    """The app's incident log (``app.state.incidents``), or a process-wide one."""
+    state = getattr(scope.get("app"), "state", None)
+    found = getattr(state, "incidents", None)
+    return found if isinstance(found, Incidents) else _fallback_incidents
