@@ -253,7 +253,7 @@ class Ingester:
 
     ``usage``: the ledger for Codex's session-wide usage (one per ingester by default).
     ``turn_prefix``: turns without an id are named ``{turn_prefix}{n}``.
-    ``last_span`` is the span the latest event went to (for stamping ids on it).
+    ``last_span`` is the span the latest event went to (None: held for a turn to come).
     """
 
     def __init__(self, tracer: Tracer, metrics: AgentMetrics, agent_name: str,
@@ -303,6 +303,7 @@ class Ingester:
         """One event; ``read_ns`` is used when the event carries no timestamp."""
         now = _event_ns(event.timestamp) if event.timestamp else read_ns
         self._stamped = self._stamped or event.timestamp is not None
+        self.last_span = None
         if isinstance(event, ThreadStarted):
             # A new stream (the next `codex exec` of a file): what is still open was left.
             self._end_turn(self._last_ns or now, ABANDONED,
@@ -326,6 +327,11 @@ class Ingester:
                 self._end_turn(now, event.error.type or "turn_failed", event.error.message,
                                usage)
         self._last_ns = now
+
+    @property
+    def open_turn_id(self) -> str | None:
+        """The id of the turn in progress, if one is."""
+        return self.turn_id if self._turn is not None else None
 
     def finish(self, now: int, message: str | None = None) -> None:
         """End of input: a turn still open was abandoned (``message`` says why); work

@@ -81,8 +81,13 @@ class _Bridge:
         self.url, self.token = url, token
         self._threads: dict[str, tuple[EventLog, HttpSink]] = {}
 
-    def post(self, event: dict[str, Any], when: str, ingester: Ingester) -> None:
+    def post(self, event: dict[str, Any], when: str, ingester: Ingester,
+             turn_id: str | None) -> None:
+        """Post one event of the turn ``turn_id`` (None: outside any turn)."""
         import orjson
+
+        from otel_events.ingest import describe_item
+        from otel_events.protocol import ThreadItem
 
         thread_id = str(event.get("thread_id") or ingester.thread_id)
         if thread_id == "unknown":
@@ -94,13 +99,18 @@ class _Bridge:
             self._threads[thread_id] = (log, sink)
         log, _ = self._threads[thread_id]
         body = {**event, "thread_id": thread_id, "seq": log.next_seq}
+        item = event.get("item")
+        if isinstance(item, dict) and not item.get("description"):
+            # The live page shows what each step does; Codex's items never say.
+            text = describe_item(ThreadItem.model_validate(item))
+            body["item"] = {**item, "description": ingester.content.text(text)}
         if event.get("type") == "turn.completed" and isinstance(event.get("usage"), dict):
             # The bridge adds turns up: give it each turn's own usage, not Codex's sums.
             own = dict(zip(_USAGE_NAMES, ingester.last_usage, strict=True))
             body["usage"] = {**event["usage"], **own}
         body.setdefault("timestamp", when)
-        if ingester.turn_id is not None and event.get("type") != "thread.started":
-            body.setdefault("turn_id", ingester.turn_id)
+        if turn_id is not None:
+            body.setdefault("turn_id", turn_id)
         span = ingester.last_span
         if span is not None and span.get_span_context().is_valid:
             context = span.get_span_context()
@@ -167,6 +177,7 @@ def watch(command: Sequence[str], ingester: Ingester, out: BinaryIO, *,
             if events is not None:
                 events.write(stamped(line, when))
                 events.flush()
+            before = ingester.open_turn_id
             try:
                 data = decode_line(line)
                 if not isinstance(data, dict):
@@ -175,7 +186,8 @@ def watch(command: Sequence[str], ingester: Ingester, out: BinaryIO, *,
             except (ValueError, ValidationError):
                 continue  # not an event (COMMAND's own output): passed through only
             if bridge is not None:
-                bridge.post(data, when, ingester)
+                # The turn it began, went on or ended; none for work held for a turn.
+                bridge.post(data, when, ingester, ingester.open_turn_id or before)
         status = child.wait()
     finally:
         for signum, handler in previous.items():

@@ -199,7 +199,27 @@ def test_the_bridge_shows_the_run_while_it_runs(tmp_path: Path) -> None:
         state = bridge.client.get(f"/v1/threads/{THREAD}").json()
         (turn,) = state["turns"]
         assert turn["status"] == "completed" and turn["usage"]["input_tokens"] == 7
-        assert turn["trace_id"] and turn["items"][0]["status"] == "completed"
+        (item,) = turn["items"]
+        assert item["status"] == "completed" and item["description"] == "Running sleep 0.6"
+        assert turn["trace_id"]
+
+        # The same thread again (a resume), opening with a warning before its turn: the
+        # warning stays with the thread, not with the turn that ended before it.
+        warning = {"type": "item.completed", "item": {"id": "item_9", "type": "error",
+                                                      "message": "Model metadata not found"}}
+        script = tmp_path / "again.sh"
+        summed = {"type": "turn.completed",  # Codex's usage: the session's sum
+                  "usage": {"input_tokens": 14, "cached_input_tokens": 4, "output_tokens": 6}}
+        script.write_text(f"cat <<'EOF'\n{lines([STARTED[0], warning, *STARTED[1:]])}"
+                          f"{lines([FINISHED[0], summed])}EOF\n")
+        again = subprocess.run(run_command(url, tmp_path, "--bridge", bridge.url, "--", "sh",
+                                           str(script)), env=run_env(), capture_output=True)
+        assert again.returncode == 0, again.stderr
+        state = bridge.client.get(f"/v1/threads/{THREAD}").json()
+        assert [t["status"] for t in state["turns"]] == ["completed", "completed"]
+        assert [[i["id"] for i in t["items"]] for t in state["turns"]] == [["item_0"]] * 2
+        assert [i["id"] for i in state["items"]] == ["item_9"]
+        assert [t["usage"]["input_tokens"] for t in state["turns"]] == [7, 7]
 
 
 # --- the real CLI ------------------------------------------------------------------------
