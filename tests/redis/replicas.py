@@ -126,6 +126,11 @@ class Relay:
             self.server.close()
             for writer in list(self.writers):
                 writer.transport.abort()
+            # Let the relaying tasks end before the loop stops under them.
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
