@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["default_usage_state", "main", "watch"]
 
 # Passed on to COMMAND. SIGINT from a terminal reaches COMMAND by itself (same process
-# group); see _forward.
+# group); see _terminal_delivered.
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 

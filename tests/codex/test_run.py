@@ -269,7 +269,7 @@ def test_real_codex_sigint_through_run(codex: Codex, workdir: Path, telemetry: T
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C on a live run of Codex: `run` passes it on, Codex stops, the turn ends as
     abandoned."""
-    # As from a script: no terminal delivered the signal to Codex too (see _forward).
+    # As from a script: no terminal delivered the signal to Codex too (see _terminal_delivered).
     monkeypatch.setattr("otel_events.run._terminal_delivered", lambda: False)
     workdir.mkdir(parents=True)
     env = codex.env()
