@@ -1,4 +1,5 @@
-"""The live progress page in Debian's Chromium (never a downloaded browser).
+"""The live page in Debian's Chromium (never a downloaded browser): live updates,
+reconnection, resume and reset.
 
 Without /usr/bin/chromium the tests skip, except under CI=true, where that is a failure.
 """
@@ -7,53 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
 import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.bridge_support import Bridge, bound_socket, start_bridge, turn_events, wait_for
+from tests.page_support import launch_browser
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path(os.environ.get("OTEL_EVENTS_CHROMIUM", "/usr/bin/chromium"))
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-TIMEOUT_MS = 10_000
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    def missing(reason: str) -> None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true: a missing browser is a failure)", pytrace=False)
-        pytest.skip(reason)
-
-    if not CHROMIUM.exists() and shutil.which("chromium") is None:
-        missing(f"Debian's chromium is not installed ({CHROMIUM}); "
-                "run scripts/install-servers.sh")
-    try:
-        import playwright.sync_api as sync_api
-    except ImportError:
-        missing("Playwright's Python package is not installed (pip install -e '.[dev]')")
-    executable = CHROMIUM if CHROMIUM.exists() else Path(shutil.which("chromium") or "")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(executable), args=ARGS)
-        yield chromium
-        chromium.close()
+    yield from launch_browser()
 
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context()
     page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
+    page.set_default_timeout(10_000)
     yield page
     context.close()
 
@@ -86,9 +65,9 @@ def test_items_appear_while_the_turn_runs_and_failures_show(page: Any) -> None:
              "item": {"id": "i2", "type": "agent_message", "description": "explain"}},
         ])
         failed = item(page, "i1", "failed")
-        assert "✗ failed" in failed.text_content()
+        assert "✗ failed" in failed.text_content()  # mark and word, not colour alone
         assert "relation orders does not exist" in failed.text_content()
-        assert "1.2 s" in failed.text_content()
+        assert "1.23 s" in failed.text_content()
         item(page, "i2", "in_progress")
         bridge.post("th", [{"type": "turn.failed", "turn_id": "t1",
                             "error": {"message": "the agent gave up"},

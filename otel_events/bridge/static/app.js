@@ -1,295 +1,282 @@
-// The live progress page: one thread's turns and items, folded from its SSE stream.
-// No build step, no dependency. Content is only ever set with textContent (never as
-// HTML), since event fields come from agents.
-"use strict";
+// The live page: the thread list, one thread followed over SSE, its connection state.
+// Plain ES modules, no build step, nothing from a CDN. Nothing here runs inline or
+// evaluates strings, so the page works under a strict Content-Security-Policy.
+//
+// Events are folded into the thread's state as they arrive (O(1) each); drawing waits
+// for the next animation frame, so a burst of a thousand events costs one render.
 
-const params = new URLSearchParams(location.search);
-const traceTemplate = document.querySelector('meta[name="otel-events-trace-url"]').content;
-let token = params.get("token") || sessionStorage.getItem("otel-events-token") || "";
-let selected = params.get("thread") || "";
-let source = null;
-let lastId = null;          // seq of the last real event: synthetic frames have no id
-let reconnectTimer = null;
-let state = emptyState();
-let dirty = false;
+import { ThreadState } from "./state.js";
+import { ThreadList } from "./threads.js";
+import { ThreadView } from "./view.js";
 
+const TOKEN_KEY = "otel-events-token";
 const EVENT_TYPES = ["thread.started", "turn.started", "turn.completed", "turn.failed",
-  "item.started", "item.updated", "item.completed", "progress.update", "token.count",
-  "error", "stream.overflow"];
+  "item.started", "item.updated", "item.completed", "item.plan.delta", "progress.update",
+  "token.count", "error", "stream.overflow", "request_user_input"];
+// How often a running turn's bars advance (the rest of the time nothing is drawn).
+const GROW_MS = 100;
+const POLL_MS = 3000;
 
-function emptyState() {
-  return { seq: 0, turns: new Map(), loose: newTurn(""), running: null, count: 0,
-           lastError: null };
-}
-function newTurn(id) {
-  return { turn_id: id, status: "running", items: new Map(), usage: null, error: null,
-           trace_id: null, started_at: null, completed_at: null, duration_ms: null };
-}
+// What a reset means, in words, by the reason the bridge gives.
+const RESET_REASONS = {
+  cursor_expired: "the events since this page last saw the thread are older than the bridge keeps",
+  cursor_ahead: "the page was further along than the bridge (it probably restarted)",
+  cursor_unknown: "the bridge did not recognise the page's position",
+  epoch_changed: "the bridge restarted or forgot the thread since the page last saw it",
+  fell_behind: "the page fell too far behind the live stream",
+  history_expired: "the start of this thread is older than the bridge keeps",
+};
 
-// -- folding (mirrors otel_events/snapshot.py) ----------------------------------------
+const $ = (id) => document.getElementById(id);
+const traceUrl = document.querySelector('meta[name="otel-events-trace-url"]')?.content || "";
 
-function turnFor(id) {
-  if (id == null) return state.running;
-  let turn = state.turns.get(id);
-  if (!turn) turn = startTurn(id, null);
-  return turn;
-}
-function startTurn(id, ev) {
-  state.count += 1;
-  const turn = newTurn(id || `turn_${state.count}`);
-  if (ev) { turn.started_at = ev.timestamp || null; turn.trace_id = ev.trace_id || null; }
-  state.turns.set(turn.turn_id, turn);
-  state.running = turn;
-  return turn;
-}
-function msBetween(a, b) {
-  if (!a || !b) return null;
-  const d = Date.parse(b) - Date.parse(a);
-  return Number.isFinite(d) ? d : null;
-}
-function apply(ev) {
-  state.seq = ev.seq || state.seq;
-  switch (ev.type) {
-    case "turn.started": startTurn(ev.turn_id, ev); break;
-    case "turn.completed": case "turn.failed": {
-      const turn = turnFor(ev.turn_id) || startTurn(null, null);
-      if (turn.status !== "running") break;
-      turn.status = ev.type === "turn.failed" ? "failed" : "completed";
-      turn.completed_at = ev.timestamp || null;
-      turn.duration_ms = ev.duration_ms ?? msBetween(turn.started_at, turn.completed_at);
-      if (ev.usage) turn.usage = ev.usage;
-      if (ev.error) turn.error = ev.error;
-      turn.trace_id = turn.trace_id || ev.trace_id || null;
-      if (state.running === turn) state.running = null;
-      break;
-    }
-    case "item.started": case "item.updated": case "item.completed": {
-      const it = ev.item || {};
-      const turn = turnFor(ev.turn_id) || state.loose;
-      let item = turn.items.get(it.id);
-      if (!item) {
-        item = { id: it.id, type: it.type, status: "in_progress", description: null,
-                 started_at: null, duration_ms: null, error: null, progress: null };
-        turn.items.set(it.id, item);
-      }
-      if (it.description != null) item.description = it.description;
-      if (it.type) item.type = it.type;
-      item.started_at = it.started_at || item.started_at ||
-        (ev.type === "item.completed" ? null : ev.timestamp || null);
-      if (ev.type === "item.completed") {
-        item.status = it.status || "completed";
-        item.duration_ms = it.duration_ms ??
-          msBetween(item.started_at, it.completed_at || ev.timestamp);
-      } else if (it.status) {
-        item.status = it.status;
-      }
-      if (it.error) item.error = it.error;
-      break;
-    }
-    case "progress.update": {
-      const turn = turnFor(ev.turn_id) || state.loose;
-      const item = turn.items.get(ev.item_id);
-      if (item) item.progress = ev.fraction;
-      break;
-    }
-    case "token.count": {
-      const turn = turnFor(ev.turn_id);
-      if (turn) turn.usage = ev.usage;
-      break;
-    }
-    case "error": state.lastError = ev.message; break;
-  }
-}
-function fromSnapshot(snap) {
-  state = emptyState();
-  state.seq = snap.seq || snap.last_seq || 0;
-  state.count = snap.turn_count || 0;
-  state.lastError = snap.last_error;
-  for (const t of snap.turns || []) {
-    const turn = Object.assign(newTurn(t.turn_id), t, { items: new Map() });
-    for (const it of t.items || []) turn.items.set(it.id, Object.assign({}, it));
-    state.turns.set(turn.turn_id, turn);
-    if (t.turn_id === snap.running_turn) state.running = turn;
-  }
-  for (const it of snap.items || []) state.loose.items.set(it.id, Object.assign({}, it));
+// The bridge token: taken from ?token= once, kept for this tab only, and removed from
+// the address bar so it does not stay in history, bookmarks or a shared link.
+const initial = new URL(location.href);
+let token = initial.searchParams.get("token") || sessionStorage.getItem(TOKEN_KEY) || "";
+if (initial.searchParams.has("token")) {
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  initial.searchParams.delete("token");
+  history.replaceState(history.state, "", initial);
 }
 
-// -- rendering ------------------------------------------------------------------------
+let selected = initial.searchParams.get("thread") || "";
+let state = null;
+let source = null;
+let lastId = null;        // the last SSE id ("epoch:seq"), kept exactly as sent
+let reconnectTimer = 0;
+let reconnectDelay = 1000;
+let frame = 0;
+let firstRender = false;
+let stats = { applied: 0, resets: 0 };
 
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs || {})) {
-    if (value != null) node.setAttribute(key, value);
-  }
-  for (const child of children) {
-    if (child != null) node.append(child instanceof Node ? child : String(child));
-  }
-  return node;
+const view = new ThreadView($("thread"), { traceUrl });
+view.onResize = () => schedule();
+view.announce = (text) => { $("announce").textContent = text; };
+const threads = new ThreadList({
+  list: $("threads"), filter: $("filter"), status: $("status-filter"), counts: $("counts"),
+  onSelect: (id, push) => select(id, push),
+});
+
+/** The producer's clock: ours, unless its events are stamped later than that. */
+function now() {
+  const latest = state ? state.latest : NaN;
+  return Number.isFinite(latest) ? Math.max(Date.now(), latest) : Date.now();
 }
-function fmtMs(ms) {
-  if (ms == null) return "";
-  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
+
+function schedule() {
+  if (!frame) frame = requestAnimationFrame(render);
 }
-function statusLabel(status) {
-  return status === "failed" ? "✗ failed" : status === "in_progress" ? "running…"
-    : status === "running" ? "running…" : status === "completed" ? "✓ completed" : status;
-}
-function elapsed(start) {
-  const t = Date.parse(start || "");
-  return Number.isFinite(t) ? Math.max(0, Date.now() - t) : null;
-}
-function usageText(u) {
-  if (!u) return "";
-  return `tokens: ${u.input_tokens || 0} in (${u.cached_input_tokens || 0} cached), ` +
-    `${u.output_tokens || 0} out`;
-}
-function renderItem(item) {
-  const running = item.status === "in_progress";
-  const duration = running ? elapsed(item.started_at) : item.duration_ms;
-  const li = el("li", { class: "item", "data-item-id": item.id, "data-status": item.status },
-    el("span", { class: "type" }, item.type || ""),
-    el("span", { class: "description" }, item.description || item.id),
-    el("span", { class: "status", "data-status": item.status }, statusLabel(item.status)),
-    el("span", { class: "duration" }, duration == null ? "" : ` ${fmtMs(duration)}`),
-    running && item.progress != null
-      ? el("progress", { max: "1", value: String(item.progress) }) : null);
-  if (item.error && item.error.message) {
-    li.append(el("div", { class: "error" }, item.error.message));
-  }
-  return li;
-}
-function renderTurn(turn) {
-  const duration = turn.status === "running" ? elapsed(turn.started_at) : turn.duration_ms;
-  const head = el("div", { class: "turn-head" },
-    el("h3", {}, turn.turn_id),
-    el("span", { class: "status", "data-status": turn.status }, statusLabel(turn.status)),
-    el("span", { class: "duration" }, fmtMs(duration)),
-    el("span", { class: "usage" }, usageText(turn.usage)));
-  if (turn.trace_id) {
-    head.append(el("a", { class: "trace", target: "_blank", rel: "noopener",
-      href: traceTemplate.replace("{trace_id}", encodeURIComponent(turn.trace_id)) },
-      "view trace"));
-  }
-  const section = el("section", { class: "turn", "data-turn-id": turn.turn_id,
-                                   "data-status": turn.status }, head);
-  if (turn.error && turn.error.message) section.append(el("div", { class: "error" },
-    turn.error.message));
-  section.append(el("ol", { class: "items" }, ...[...turn.items.values()].map(renderItem)));
-  return section;
-}
+
 function render() {
-  dirty = false;
-  const root = document.getElementById("thread");
-  if (!selected) return;
-  const turns = [...state.turns.values()];
-  if (state.loose.items.size) turns.unshift(Object.assign(newTurn("(no turn)"),
-    { status: "completed", items: state.loose.items }));
-  root.replaceChildren(
-    el("h2", {}, selected),
-    state.lastError ? el("p", { class: "error" }, state.lastError) : null,
-    turns.length ? null : el("p", { class: "hint" }, "No turn yet."),
-    ...turns.reverse().map(renderTurn));
+  frame = 0;
+  performance.mark("otel-events:render-start");
+  const t = now();
+  view.render(t);
+  if (state && state.turns.size) {
+    // The list polls every few seconds; the followed thread's status is live.
+    threads.patch(selected, { outcome: state.outcome, turn_count: state.turnCount }, t);
+  }
+  performance.measure("otel-events:render", "otel-events:render-start");
+  if (!firstRender && state && state.turns.size) {
+    firstRender = true;
+    performance.mark("otel-events:first-render");
+  }
 }
-function changed() {
-  if (!dirty) { dirty = true; requestAnimationFrame(render); }
-}
-setInterval(() => { if (state.running) changed(); }, 500);
 
-// -- connection -----------------------------------------------------------------------
+// Running bars grow between events: a light timer, only while something runs and the
+// tab is visible (hidden tabs get no animation frames anyway).
+setInterval(() => {
+  if (!state || document.hidden) return;
+  const t = now();
+  let running = Boolean(state.current);
+  if (!running) for (const turn of state.turns.values()) if (turn.running.size) { running = true; break; }
+  if (running) requestAnimationFrame(() => view.tick(t));
+}, GROW_MS);
 
-function setConnection(s, text) {
-  const node = document.getElementById("connection");
-  node.dataset.state = s;
+// -- connection ---------------------------------------------------------------------
+
+function setConnection(kind, text, detail) {
+  const node = $("connection");
+  node.dataset.state = kind;
   node.textContent = text;
+  node.title = detail || text;
 }
+
+function showReset(reason) {
+  const banner = $("reset-banner");
+  const why = RESET_REASONS[reason] || `the bridge could not resume the stream (${reason})`;
+  $("reset-text").textContent = `Reset: ${why}. The page now shows the thread as the ` +
+    "bridge holds it; steps it no longer keeps are summarised or left out, and live " +
+    "updates continue from here.";
+  banner.hidden = false;
+}
+
 function streamUrl() {
   const q = new URLSearchParams();
   if (token) q.set("access_token", token);
+  // The browser resends the last id as Last-Event-ID on its own reconnections; the
+  // query carries it when the page opens a new EventSource itself.
   if (lastId != null) q.set("last_event_id", lastId);
   const qs = q.toString();
-  return `v1/threads/${encodeURIComponent(selected)}/events${qs ? "?" + qs : ""}`;
+  return `v1/threads/${encodeURIComponent(selected)}/events${qs ? `?${qs}` : ""}`;
 }
+
 function connect() {
   if (source) source.close();
   clearTimeout(reconnectTimer);
+  if (!selected) return;
   setConnection("connecting", "connecting…");
-  // The browser resends the last id as Last-Event-ID on its own reconnections; the
-  // query carries it when this page opens a new EventSource itself.
-  source = new EventSource(streamUrl());
-  source.onopen = () => setConnection("live", "live");
-  source.onerror = () => {
-    if (source.readyState === EventSource.CLOSED) {
-      setConnection("reconnecting", "reconnecting…");
-      reconnectTimer = setTimeout(connect, 1000);
+  const es = new EventSource(streamUrl());
+  source = es;
+  es.onopen = () => {
+    if (source !== es) return;
+    reconnectDelay = 1000;
+    setConnection("live", "live", "Connected: events appear as the agent reports them.");
+    view.setWaiting(!state || state.applied === 0);
+    schedule();
+  };
+  es.onerror = () => {
+    if (source !== es) return;
+    if (es.readyState === EventSource.CLOSED) {
+      // The browser gave up (an HTTP error, e.g. 401 or 503): retry ourselves, slower
+      // each time, and check whether a token is what is missing.
+      setConnection("reconnecting", "reconnecting…",
+        `The connection failed; trying again in ${Math.round(reconnectDelay / 1000)} s.`);
+      reconnectTimer = setTimeout(connect, reconnectDelay);
+      reconnectDelay = Math.min(reconnectDelay * 2, 30_000);
+      refreshThreads();
     } else {
-      setConnection("reconnecting", "reconnecting…");
+      setConnection("reconnecting", "reconnecting…",
+        "The connection dropped; the browser is reconnecting and will resume where it was.");
     }
   };
   for (const type of EVENT_TYPES) {
-    source.addEventListener(type, (msg) => {
-      if (msg.lastEventId) lastId = msg.lastEventId;  // "epoch:seq", kept as sent
-      apply(JSON.parse(msg.data));
-      // Exposed for checks (and curious users): how many events this page applied.
-      document.body.dataset.applied = String(Number(document.body.dataset.applied || 0) + 1);
-      changed();
+    es.addEventListener(type, (msg) => {
+      if (source !== es) return;
+      if (msg.lastEventId) lastId = msg.lastEventId;
+      let event;
+      try { event = JSON.parse(msg.data); } catch { return; }
+      if (!event || typeof event !== "object") return;
+      if (!state) state = new ThreadState(selected);
+      state.apply(event, Date.now());
+      stats.applied += 1;
+      // Exposed for checks (and the curious): how many events this page applied.
+      document.body.dataset.applied = String(stats.applied);
+      if (view.state !== state) view.show(state);
+      view.setWaiting(false);
+      schedule();
     });
   }
-  source.addEventListener("reset", (msg) => {
-    const body = JSON.parse(msg.data);
-    fromSnapshot(body.snapshot);
-    // A reset describes the state up to its position; the stream goes on from there.
+  es.addEventListener("reset", (msg) => {
+    if (source !== es) return;
+    let body;
+    try { body = JSON.parse(msg.data); } catch { return; }
+    state = ThreadState.fromSnapshot(selected, body.snapshot);
+    // A reset stands for the state up to its position; the stream goes on from there.
     lastId = msg.lastEventId || `${body.epoch}:${body.seq}`;
-    document.body.dataset.resets = String(Number(document.body.dataset.resets || 0) + 1);
-    document.body.dataset.lastReset = body.reason;
-    changed();
+    stats.resets += 1;
+    document.body.dataset.resets = String(stats.resets);
+    document.body.dataset.lastReset = String(body.reason);
+    view.show(state);
+    view.setWaiting(false);
+    showReset(String(body.reason));
+    setConnection("live", "live · reset", "Reset: the page now shows the bridge's state.");
+    schedule();
   });
 }
-function select(threadId) {
-  selected = threadId;
+
+function select(id, push) {
+  if (!id) return;
+  if (id === selected && source) return;
+  selected = id;
   lastId = null;
-  state = emptyState();
+  state = new ThreadState(id);
+  firstRender = false;
+  $("reset-banner").hidden = true;
+  view.show(state);
+  threads.select(id);
+  document.title = `${id} · otel-events`;
+  // The selected thread is in the address, so the link can be shared.
   const url = new URL(location.href);
-  url.searchParams.set("thread", threadId);
-  history.replaceState(null, "", url);
+  url.searchParams.set("thread", id);
+  url.searchParams.delete("token");
+  if (push) history.pushState({ thread: id }, "", url);
+  else history.replaceState({ thread: id }, "", url);
+  document.body.dataset.nav = "closed";
   connect();
-  changed();
-  refreshThreads();
+  schedule();
 }
 
+window.addEventListener("popstate", () => {
+  const id = new URL(location.href).searchParams.get("thread");
+  if (id && id !== selected) select(id, false);
+});
+
+// -- thread list --------------------------------------------------------------------
+
+let polling = false;
 async function refreshThreads() {
-  const headers = token ? { Authorization: `Bearer ${token}` } : {};
-  let body;
+  if (polling) return;
+  polling = true;
   try {
-    const response = await fetch("v1/threads", { headers });
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const response = await fetch("v1/threads", { headers, cache: "no-store" });
     if (response.status === 401) {
-      document.getElementById("token-form").hidden = false;
+      $("token-form").hidden = false;
+      setConnection("unauthorized", "token needed", "The bridge needs its token.");
       return;
     }
-    body = await response.json();
-  } catch (err) {
-    return;
+    if (!response.ok) return;
+    const body = await response.json();
+    const list = Array.isArray(body.threads) ? body.threads : [];
+    threads.update(list, Date.now());
+    if (!selected && list.length) {
+      // Nothing chosen: follow the newest thread.
+      const newest = threads.order[0];
+      if (newest) select(newest.id, false);
+    }
+    if (!selected) {
+      $("thread").replaceChildren();
+      const hint = document.createElement("p");
+      hint.className = "hint";
+      hint.textContent = "No thread yet. Send events to this bridge (see docs/bridge.md) " +
+        "and they appear here.";
+      $("thread").append(hint);
+    }
+  } catch {
+    // The bridge is unreachable: the stream's state says so; the next poll retries.
+  } finally {
+    polling = false;
   }
-  const list = document.getElementById("threads");
-  list.replaceChildren(...body.threads.map((t) => {
-    const li = el("li", { "data-thread-id": t.thread_id,
-      "aria-current": t.thread_id === selected ? "true" : null },
-      t.thread_id, el("span", { class: "status", "data-status": t.status },
-        statusLabel(t.status)));
-    li.onclick = () => select(t.thread_id);
-    return li;
-  }));
-  if (!selected && body.threads.length) select(body.threads[body.threads.length - 1].thread_id);
 }
 
-document.getElementById("token-form").onsubmit = (e) => {
+$("token-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  token = document.getElementById("token").value;
-  sessionStorage.setItem("otel-events-token", token);
-  document.getElementById("token-form").hidden = true;
+  token = $("token").value;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("token-form").hidden = true;
   refreshThreads();
   if (selected) connect();
-};
-if (token) sessionStorage.setItem("otel-events-token", token);
-if (selected) connect();
+});
+$("reset-dismiss").addEventListener("click", () => { $("reset-banner").hidden = true; });
+$("nav-toggle").addEventListener("click", () => {
+  const open = document.body.dataset.nav !== "open";
+  document.body.dataset.nav = open ? "open" : "closed";
+  $("nav-toggle").setAttribute("aria-expanded", String(open));
+  if (open) $("filter").focus();
+});
+document.addEventListener("keydown", (e) => {
+  // "/" jumps to the filter, as in many tools.
+  if (e.key === "/" && !e.target.closest?.("input, textarea, select")) {
+    e.preventDefault();
+    document.body.dataset.nav = "open";
+    $("filter").focus();
+  }
+});
+document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshThreads(); });
+
+if (selected) select(selected, false);
+else document.body.dataset.nav = "open";
 refreshThreads();
-setInterval(refreshThreads, 3000);
+setInterval(() => { if (!document.hidden) refreshThreads(); }, POLL_MS);
