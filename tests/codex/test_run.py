@@ -303,3 +303,30 @@ class _LineWaiter(io.BytesIO):
         if self.marker in bytes(data):
             self.seen.set()
         return super().write(data)
+
+
+def test_run_loads_only_what_it_uses(tmp_path: Path) -> None:
+    """Importing the run module costs the standard library only; a run without
+    --bridge loads no HTTP client, no server stack, no rich."""
+    code = ("import sys; import otel_events.run as r; before = set(sys.modules); "
+            f"r.main(['true'], usage_state={str(tmp_path / 'u.json')!r}); "
+            "print(' '.join(before), '|', ' '.join(sys.modules), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=run_env(OTEL_TRACES_EXPORTER="none"), timeout=60, check=True)
+    at_import, after_run = (set(part.split()) for part in done.stderr.rsplit("\n", 2)[-2]
+                            .split("|"))
+
+    # What pydantic itself loads here (its plugins: logfire brings rich) is not ours.
+    plugins = subprocess.run(
+        [sys.executable, "-c", "import sys, pydantic\nclass M(pydantic.BaseModel): x: int\n"
+                               "print(' '.join(sys.modules))"],
+        capture_output=True, text=True, check=True, timeout=60).stdout.split()
+
+    def heavy(modules: set[str], names: tuple[str, ...]) -> set[str]:
+        return {n for n in names if any(m == n or m.startswith(n + ".") for m in modules)}
+
+    server_side = ("httpx", "fastapi", "uvicorn", "starlette", "rich", "otel_events.bridge",
+                   "otel_events.http_sink")
+    assert heavy(at_import, ("pydantic", "opentelemetry.sdk", "httpx", "otel_events.ingest",
+                             "otel_events.protocol")) == set()
+    assert heavy(after_run, server_side) - heavy(set(plugins), server_side) == set()
