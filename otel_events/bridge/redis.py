@@ -15,6 +15,9 @@ Per thread (keys share the hash tag ``{thread_id}``):
   registry behind ``GET /v1/threads`` (oldest first, as in memory) and the thread limit.
 * Channel ``<prefix>:{t}:n``: ``epoch:top`` published on every append.
 
+The layout and the append script are defined in ``otel_events.redis_sink``, shared
+with ``RedisSink`` (an emitter writing here directly).
+
 **One atomic step per append.** One Lua script numbers the lines, skips producer
 retries, ``XADD``\\ s, trims, sets the keys' TTL and publishes, so two replicas ingesting
 one thread at once can never give two events one seq, and a retry that lands on another
@@ -30,7 +33,8 @@ in the new numbering.
 *every* event, so rebuilding it from the stream alone would be wrong once retention has
 trimmed the stream; writing the whole state on every append would cost O(state) per
 request and race between replicas. So a replica that appends writes a checkpoint (the
-folded state, compare-and-set on its seq and epoch) every ``checkpoint_every`` events,
+folded state, compare-and-set on its seq and epoch) every ``checkpoint_every`` events
+(and every replica's sweep checkpoints threads that others appended to without one),
 the stream is never trimmed past the checkpoint (replay still honours the retention,
 through ``lo``), and any replica gets the state as checkpoint + the tail after it. The
 fold is deterministic, so every replica answers alike.
@@ -57,7 +61,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import time
@@ -90,12 +93,21 @@ from otel_events.bridge.memory import (
     EPOCH_CHANGED,
     FELL_BEHIND,
     HISTORY_EXPIRED,
-    new_epoch,
     valid_thread_id,
 )
 from otel_events.bridge.snapshot import ItemState, ThreadSnapshot, TurnState
 from otel_events.log import Cursor, EventLog
 from otel_events.protocol import parse_event
+from otel_events.redis_sink import (
+    APPEND_LUA,
+    TRIM_LUA,
+    append_args,
+    channel_name,
+    dedup_member,
+    event_rest,
+    registry_key,
+    stream_keys,
+)
 
 if TYPE_CHECKING:
     from otel_events.bridge.settings import BridgeSettings
@@ -109,98 +121,6 @@ _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # -- Lua -------------------------------------------------------------------------------
 
-# Shared by the append and trim scripts: advance ``lo`` for count and age retention and
-# trim the stream physically, never past the checkpoint (the fold needs what follows it).
-# Expects locals: stream, dedup, top, lo, ck, now, retention, age.
-_TRIM_LUA = """
-local want = top - retention + 1
-if want > lo then lo = want end
-if age > 0 and lo <= top then
-  local horizon = now - age
-  local function arrival(seq)
-    local found = redis.call('XRANGE', stream, seq, seq)
-    if found[1] == nil then return -1 end
-    local id = found[1][1]
-    return tonumber(string.sub(id, string.find(id, '-', 1, true) + 1))
-  end
-  if arrival(lo) < horizon then
-    -- Arrival times grow with seq: the first young enough event, by bisection.
-    local a, b = lo, top + 1
-    while a < b do
-      local mid = math.floor((a + b) / 2)
-      if arrival(mid) < horizon then a = mid + 1 else b = mid end
-    end
-    lo = a
-  end
-end
-if lo > top + 1 then lo = top + 1 end
-local keep = lo
-if ck + 1 < keep then keep = ck + 1 end
--- '~': whole macro-nodes only, which is cheap; what it leaves is below lo, never replayed.
-redis.call('XTRIM', stream, 'MINID', '~', keep)
-redis.call('ZREMRANGEBYSCORE', dedup, '-inf', '(' .. (top - retention + 1))
-"""
-
-_APPEND_LUA = """
--- KEYS: meta, stream, dedup, checkpoint, registry
--- ARGV: new epoch, retention count, retention age ms (0: none), ttl ms (0: none),
---       max threads (0: none), thread id, channel, key prefix,
---       then per line: type, JSON without its opening brace, dedup member ('': none)
-local meta, stream, dedup, ckpt, registry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local retention, age, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local state = redis.call('HMGET', meta, 'epoch', 'top', 'lo', 'ck', 'ms')
-local epoch = state[1]
-local top, lo, ck = 0, 1, 0
-if epoch then
-  top, lo, ck = tonumber(state[2]), tonumber(state[3]), tonumber(state[4])
-  local last = tonumber(state[5])
-  if now < last then now = last end
-else
-  -- No meta: a new thread, or one whose history is gone (expired, flushed, evicted).
-  -- Whatever is left of it belongs to no epoch: start over under a new one.
-  local max_threads = tonumber(ARGV[5])
-  if max_threads > 0 and not redis.call('ZSCORE', registry, ARGV[6])
-      and redis.call('ZCARD', registry) >= max_threads then
-    for _, id in ipairs(redis.call('ZRANGE', registry, 0, -1)) do
-      if redis.call('EXISTS', ARGV[8] .. ':{' .. id .. '}:m') == 0 then
-        redis.call('ZREM', registry, id)
-      end
-    end
-    if redis.call('ZCARD', registry) >= max_threads then return {false} end
-  end
-  redis.call('DEL', stream, dedup, ckpt)
-  epoch = ARGV[1]
-  redis.call('ZADD', registry, now, ARGV[6])
-end
-local seqs = {}
-local n = (#ARGV - 8) / 3
-for i = 1, n do
-  local base = 6 + 3 * i
-  local member = ARGV[base + 2]
-  if member ~= '' and redis.call('ZSCORE', dedup, member) then
-    seqs[i] = 0
-  else
-    top = top + 1
-    redis.call('XADD', stream, top .. '-' .. now, 't', ARGV[base],
-               'd', '{"seq":' .. top .. ',' .. ARGV[base + 1])
-    if member ~= '' then redis.call('ZADD', dedup, top, member) end
-    seqs[i] = top
-  end
-end
-""" + _TRIM_LUA + """
-redis.call('HSET', meta, 'epoch', epoch, 'top', top, 'lo', lo, 'ck', ck, 'ms', now)
-if ttl > 0 then
-  redis.call('PEXPIRE', meta, ttl)
-  redis.call('PEXPIRE', stream, ttl)
-  redis.call('PEXPIRE', dedup, ttl)
-  redis.call('PEXPIRE', ckpt, ttl)
-end
-redis.call('PUBLISH', ARGV[7], epoch .. ':' .. top)
-return {epoch, ck, seqs}
-"""
-
 _TRIM_SCRIPT_LUA = """
 -- KEYS: meta, stream, dedup. ARGV: retention count, retention age ms, channel.
 local meta, stream, dedup = KEYS[1], KEYS[2], KEYS[3]
@@ -210,7 +130,7 @@ if not state[1] then return 0 end
 local top, lo, ck = tonumber(state[2]), tonumber(state[3]), tonumber(state[4])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-""" + _TRIM_LUA + """
+""" + TRIM_LUA + """
 if lo ~= tonumber(state[3]) then
   redis.call('HSET', meta, 'lo', lo)
   -- Replicas that mirror the thread forget the aged events too.
@@ -240,26 +160,10 @@ return 1
 # -- helpers -----------------------------------------------------------------------------
 
 def line_digest(line: EventLine) -> str | None:
-    """The de-duplication member of a producer line: ``pseq:hash`` of its canonical JSON.
-
-    The same in every process (``hash()`` of bytes is salted per process), so a retry
-    that lands on another replica is recognised. ``None`` without a producer seq.
-    """
-    producer_seq = line.event.seq
-    if producer_seq is None or line.digest is None:
+    """The de-duplication member of an ingested line (see ``dedup_member``)."""
+    if line.digest is None:
         return None
-    canonical = orjson.dumps(line.raw, option=orjson.OPT_SORT_KEYS)
-    return f"{producer_seq}:{hashlib.blake2b(canonical, digest_size=12).hexdigest()}"
-
-
-def _encoded_rest(line: EventLine, thread_id: str) -> bytes:
-    """The event's JSON without its opening brace and without ``seq``: the script puts
-    ``{"seq":N,`` in front once it has numbered the line."""
-    body = dict(line.raw)
-    body.pop("seq", None)
-    if body.get("thread_id") is None:
-        body["thread_id"] = thread_id
-    return orjson.dumps(body)[1:]
+    return dedup_member(line.event.seq, line.raw)
 
 
 def _text(value: Any) -> str | None:
@@ -590,10 +494,10 @@ class RedisBroker:
         self._client: Redis = client or Redis.from_url(
             url, retry=Retry(NoBackoff(), 0), socket_timeout=timeout,
             socket_connect_timeout=timeout, health_check_interval=0)
-        self._append_script = self._client.register_script(_APPEND_LUA)
+        self._append_script = self._client.register_script(APPEND_LUA)
         self._trim_script = self._client.register_script(_TRIM_SCRIPT_LUA)
         self._checkpoint_script = self._client.register_script(_CHECKPOINT_LUA)
-        self._registry = f"{prefix}:threads"
+        self._registry = registry_key(prefix)
         self._watches: dict[str, _Watch] = {}
         self._by_channel: dict[bytes, _Watch] = {}
         self._folds: dict[str, _Folded] = {}
@@ -614,11 +518,13 @@ class RedisBroker:
     # -- keys --------------------------------------------------------------------------
 
     def _key(self, thread_id: str, kind: str) -> str:
-        return f"{self.prefix}:{{{thread_id}}}:{kind}"
+        if kind == "n":
+            return channel_name(self.prefix, thread_id)
+        return stream_keys(self.prefix, thread_id)["msdk".index(kind)]
 
     def _keys(self, thread_id: str) -> list[str]:
         """meta, stream, dedup, checkpoint."""
-        return [self._key(thread_id, kind) for kind in ("m", "s", "d", "k")]
+        return stream_keys(self.prefix, thread_id)
 
     @property
     def client(self) -> Redis:
@@ -637,17 +543,13 @@ class RedisBroker:
     async def append(self, thread_id: str, lines: Sequence[EventLine]) -> Appended:
         if not valid_thread_id(thread_id):
             raise ValueError("invalid thread id")
-        args: list[bytes | str | int] = [
-            new_epoch(), self.retention_count,
-            0 if self.retention_age is None else max(1, int(self.retention_age * 1000)),
-            self._ttl_ms, self.max_threads, thread_id, self._key(thread_id, "n"),
-            self.prefix]
-        for line in lines:
-            args += [line.event.type, _encoded_rest(line, thread_id), line_digest(line) or ""]
-        meta, stream, dedup, ckpt = self._keys(thread_id)
+        keys, args = append_args(
+            self.prefix, thread_id, self.retention_count, self.retention_age,
+            self.idle_expiry, self.max_threads,
+            [(line.event.type, event_rest(line.raw, thread_id), line_digest(line))
+             for line in lines])
         try:
-            result = await self._append_script(
-                keys=[meta, stream, dedup, ckpt, self._registry], args=args)
+            result = await self._append_script(keys=keys, args=args)
         except _UNREACHABLE as exc:
             raise BrokerUnavailable(f"Redis is unreachable ({type(exc).__name__})") from None
         if not result or result[0] is None:
@@ -718,6 +620,19 @@ class RedisBroker:
         forgotten = int(await client.zrem(self._registry, *gone)) if gone else 0
         for thread_id in gone:
             self._folds.pop(thread_id, None)
+        # Threads appended to by a producer that does not fold (RedisSink), or by a
+        # replica that died before its checkpoint: checkpoint them here, so their
+        # streams are trimmed to the retention again.
+        async with client.pipeline(transaction=False) as pipe:
+            for thread_id, exists in zip(ids, alive, strict=True):
+                if exists:
+                    pipe.hmget(self._key(thread_id, "m"), "top", "ck")
+            marks = iter(await pipe.execute())
+        for thread_id, exists in zip(ids, alive, strict=True):
+            if exists:
+                top, checkpoint = next(marks)
+                if _int(top) - _int(checkpoint) >= self.checkpoint_every:
+                    await self._checkpoint(thread_id)
         if self.retention_age is not None:
             # Appends trim a busy thread; a quiet one's events age here.
             age_ms = int(self.retention_age * 1000)

@@ -1,0 +1,345 @@
+"""``RedisSink``: an emitter's events straight into the bridge's Redis, off the hot path.
+
+Also the one definition of how a thread lives in Redis (keys, the append script, the
+de-duplication member), shared by the sink and by the bridge's ``RedisBroker``
+(``otel_events.bridge.redis``), so an event written by either is the same entry. It lives
+here, outside the bridge package, so a producer needs only redis-py (the ``[redis]``
+extra), not the bridge's web stack.
+
+The sink works as ``HttpSink`` does: a background thread reads the emitter's
+``EventLog`` and appends whatever accumulated as one script call; the agent only ever
+appends to memory. The log is the bounded buffer: while Redis is unreachable the sink
+retries the batch in hand with backoff and the log keeps the newest events; what it
+overwrote meanwhile is counted in ``dropped``. Nothing here blocks or raises into agent
+code. A retried batch that had in fact been written is recognised by the script (the
+same producer seq and content), so retries deliver each event once.
+
+The sink does not fold the thread's state; the bridge replicas checkpoint it as they
+sweep, and until one has, the stream keeps every event after the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import secrets
+import threading
+import time
+from typing import Any
+
+import orjson
+
+from otel_events.log import Cursor, Entry, EventLog
+
+__all__ = ["APPEND_LUA", "TRIM_LUA", "RedisSink", "dedup_member", "event_rest", "new_epoch",
+           "stream_keys"]
+
+_log = logging.getLogger(__name__)
+
+# -- the layout, shared with the bridge -----------------------------------------------------
+
+
+def stream_keys(prefix: str, thread_id: str) -> list[str]:
+    """meta, stream, dedup, checkpoint: one hash tag per thread (``{thread_id}``)."""
+    return [f"{prefix}:{{{thread_id}}}:{kind}" for kind in ("m", "s", "d", "k")]
+
+
+def channel_name(prefix: str, thread_id: str) -> str:
+    return f"{prefix}:{{{thread_id}}}:n"
+
+
+def registry_key(prefix: str) -> str:
+    return f"{prefix}:threads"
+
+
+def new_epoch() -> str:
+    """A short random token: two epochs of one thread never collide in practice."""
+    return secrets.token_hex(4)
+
+
+def dedup_member(producer_seq: int | None, raw: dict[str, Any]) -> str | None:
+    """What recognises a producer's line when it is sent again: ``pseq:hash`` of its
+    canonical JSON. The same in every process (Python's ``hash`` of bytes is salted per
+    process), so a retry through another replica, or through HTTP after the sink, is
+    recognised. ``None`` without a producer seq: such lines are never de-duplicated."""
+    if producer_seq is None:
+        return None
+    canonical = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+    return f"{producer_seq}:{hashlib.blake2b(canonical, digest_size=12).hexdigest()}"
+
+
+def event_rest(raw: dict[str, Any], thread_id: str) -> bytes:
+    """The event's JSON without its opening brace and without ``seq``: the script puts
+    ``{"seq":N,`` in front once it has numbered the line."""
+    body = dict(raw)
+    body.pop("seq", None)
+    if body.get("thread_id") is None:
+        body["thread_id"] = thread_id
+    return orjson.dumps(body)[1:]
+
+
+# Shared by the append and trim scripts: advance ``lo`` for count and age retention and
+# trim the stream physically, never past the checkpoint (the fold needs what follows it).
+# Expects locals: stream, dedup, top, lo, ck, now, retention, age.
+TRIM_LUA = """
+local want = top - retention + 1
+if want > lo then lo = want end
+if age > 0 and lo <= top then
+  local horizon = now - age
+  local function arrival(seq)
+    local found = redis.call('XRANGE', stream, seq, seq)
+    if found[1] == nil then return -1 end
+    local id = found[1][1]
+    return tonumber(string.sub(id, string.find(id, '-', 1, true) + 1))
+  end
+  if arrival(lo) < horizon then
+    -- Arrival times grow with seq: the first young enough event, by bisection.
+    local a, b = lo, top + 1
+    while a < b do
+      local mid = math.floor((a + b) / 2)
+      if arrival(mid) < horizon then a = mid + 1 else b = mid end
+    end
+    lo = a
+  end
+end
+if lo > top + 1 then lo = top + 1 end
+local keep = lo
+if ck + 1 < keep then keep = ck + 1 end
+-- '~': whole macro-nodes only, which is cheap; what it leaves is below lo, never replayed.
+redis.call('XTRIM', stream, 'MINID', '~', keep)
+redis.call('ZREMRANGEBYSCORE', dedup, '-inf', '(' .. (top - retention + 1))
+"""
+
+APPEND_LUA = """
+-- KEYS: meta, stream, dedup, checkpoint, registry
+-- ARGV: new epoch, retention count, retention age ms (0: none), ttl ms (0: none),
+--       max threads (0: none), thread id, channel, key prefix,
+--       then per line: type, JSON without its opening brace, dedup member ('': none)
+local meta, stream, dedup, ckpt, registry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local retention, age, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local state = redis.call('HMGET', meta, 'epoch', 'top', 'lo', 'ck', 'ms')
+local epoch = state[1]
+local top, lo, ck = 0, 1, 0
+if epoch then
+  top, lo, ck = tonumber(state[2]), tonumber(state[3]), tonumber(state[4])
+  local last = tonumber(state[5])
+  if now < last then now = last end
+else
+  -- No meta: a new thread, or one whose history is gone (expired, flushed, evicted).
+  -- Whatever is left of it belongs to no epoch: start over under a new one.
+  local max_threads = tonumber(ARGV[5])
+  if max_threads > 0 and not redis.call('ZSCORE', registry, ARGV[6])
+      and redis.call('ZCARD', registry) >= max_threads then
+    for _, id in ipairs(redis.call('ZRANGE', registry, 0, -1)) do
+      if redis.call('EXISTS', ARGV[8] .. ':{' .. id .. '}:m') == 0 then
+        redis.call('ZREM', registry, id)
+      end
+    end
+    if redis.call('ZCARD', registry) >= max_threads then return {false} end
+  end
+  redis.call('DEL', stream, dedup, ckpt)
+  epoch = ARGV[1]
+  redis.call('ZADD', registry, now, ARGV[6])
+end
+local seqs = {}
+local n = (#ARGV - 8) / 3
+for i = 1, n do
+  local base = 6 + 3 * i
+  local member = ARGV[base + 2]
+  if member ~= '' and redis.call('ZSCORE', dedup, member) then
+    seqs[i] = 0
+  else
+    top = top + 1
+    redis.call('XADD', stream, top .. '-' .. now, 't', ARGV[base],
+               'd', '{"seq":' .. top .. ',' .. ARGV[base + 1])
+    if member ~= '' then redis.call('ZADD', dedup, top, member) end
+    seqs[i] = top
+  end
+end
+""" + TRIM_LUA + """
+redis.call('HSET', meta, 'epoch', epoch, 'top', top, 'lo', lo, 'ck', ck, 'ms', now)
+if ttl > 0 then
+  redis.call('PEXPIRE', meta, ttl)
+  redis.call('PEXPIRE', stream, ttl)
+  redis.call('PEXPIRE', dedup, ttl)
+  redis.call('PEXPIRE', ckpt, ttl)
+end
+redis.call('PUBLISH', ARGV[7], epoch .. ':' .. top)
+return {epoch, ck, seqs}
+"""
+
+
+def append_args(prefix: str, thread_id: str, retention_count: int,
+                retention_age: float | None, idle_expiry: float | None, max_threads: int,
+                lines: list[tuple[str, bytes, str | None]]) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of ``APPEND_LUA`` for ``lines`` of (type, rest, dedup member)."""
+    keys = [*stream_keys(prefix, thread_id), registry_key(prefix)]
+    args: list[Any] = [
+        new_epoch(), retention_count,
+        0 if retention_age is None else max(1, int(retention_age * 1000)),
+        0 if idle_expiry is None else max(1, int(idle_expiry * 1000)),
+        max_threads, thread_id, channel_name(prefix, thread_id), prefix]
+    for kind, rest, member in lines:
+        args += [kind, rest, member or ""]
+    return keys, args
+
+
+# -- the sink -----------------------------------------------------------------------------------
+
+
+class RedisSink:
+    """Appends every event of the log to thread ``thread_id`` in the bridge's Redis.
+
+    ``url`` is the bridge's ``--broker`` URL; ``prefix``, the retention, the idle expiry
+    and the thread limit must be the bridge's (its defaults are the bridge's defaults).
+    Counters: ``sent`` (appended, or recognised as already there), ``dropped`` (never
+    delivered: overwritten while Redis was unreachable, refused, or still unsent at
+    ``close``), ``requests`` (script calls).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "otel-events",
+        retention_count: int = 4096,
+        retention_age: float | None = 3600.0,
+        idle_expiry: float | None = 3600.0,
+        max_threads: int = 10_000,
+        max_batch: int = 1000,
+        timeout: float = 5.0,
+        backoff: float = 0.1,
+        max_backoff: float = 5.0,
+    ) -> None:
+        import redis  # the [redis] extra; imported here so the core never needs it
+
+        self.prefix = prefix
+        self.retention_count = retention_count
+        self.retention_age = retention_age
+        self.idle_expiry = idle_expiry
+        self.max_threads = max_threads
+        self.max_batch = max_batch
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.sent = 0
+        self.requests = 0
+        # No retries inside redis-py: the sink retries whole batches itself, with backoff.
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
+        self._script = self._client.register_script(APPEND_LUA)
+        self._unreachable: tuple[type[BaseException], ...] = (
+            redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+        self._cursor: Cursor | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._deadline: float | None = None
+        self._down = False
+        self._lost = 0
+
+    # -- the Sink protocol -------------------------------------------------------------
+
+    def start(self, log: EventLog, thread_id: str) -> None:
+        if self._thread is not None:
+            raise RuntimeError("a RedisSink serves one emitter; it is started already")
+        self._cursor = cursor = log.cursor()
+        self._thread = threading.Thread(target=self._run, args=(cursor, thread_id),
+                                        name="otel-events-redis", daemon=True)
+        self._thread.start()
+
+    @property
+    def dropped(self) -> int:
+        """Events never delivered: lost while Redis was unreachable, refused, or still
+        unsent at ``close``."""
+        return self._lost + (0 if self._cursor is None else self._cursor.dropped)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver what was published for up to ``timeout`` seconds, then stop."""
+        self._deadline = time.monotonic() + timeout
+        self._stop.set()
+        if self._cursor is not None:
+            self._cursor.log.notify()
+        if self._thread is not None:
+            self._thread.join(timeout + 1.0)
+
+    # -- the worker --------------------------------------------------------------------
+
+    def _run(self, cursor: Cursor, thread_id: str) -> None:
+        pending: list[Entry] = []
+        attempt = 0
+        try:
+            while True:
+                if not pending:
+                    pending = self._next_batch(cursor)
+                    if not pending:
+                        if cursor.at_end(stopping=self._stop.is_set()):
+                            return
+                        cursor.wait_blocking(timeout=0.5)
+                        continue
+                if self._deadline is not None and time.monotonic() >= self._deadline:
+                    self._lost += len(pending) + max(0, cursor.log.next_seq - cursor.position)
+                    return
+                if self._append(thread_id, pending):
+                    attempt = 0
+                    pending = []
+                    continue
+                attempt += 1
+                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+                delay *= 0.5 + random.random() / 2
+                if self._deadline is not None:
+                    delay = min(delay, max(0.0, self._deadline - time.monotonic()))
+                if not self._stop.is_set():
+                    self._stop.wait(delay)
+                else:
+                    time.sleep(delay)
+        except Exception:  # the agent must never see a sink's failure
+            _log.exception("otel-events RedisSink stopped")
+        finally:
+            self._client.close()
+
+    def _next_batch(self, cursor: Cursor) -> list[Entry]:
+        entries, gap = cursor.read(limit=self.max_batch)
+        while gap is not None:  # lost while Redis was down: counted, then go on
+            cursor.skip(gap)
+            entries, gap = cursor.read(limit=self.max_batch)
+        return entries
+
+    def _append(self, thread_id: str, batch: list[Entry]) -> bool:
+        """True: done with the batch (written, or refused for good); False: retry it."""
+        lines = []
+        for entry in batch:
+            raw = orjson.loads(entry.json)
+            producer_seq = raw.get("seq")
+            lines.append((entry.type, event_rest(raw, thread_id),
+                          dedup_member(producer_seq if isinstance(producer_seq, int)
+                                       else None, raw)))
+        keys, args = append_args(self.prefix, thread_id, self.retention_count,
+                                 self.retention_age, self.idle_expiry, self.max_threads,
+                                 lines)
+        self.requests += 1
+        try:
+            result = self._script(keys=keys, args=args)
+        except self._unreachable as exc:
+            if not self._down:
+                self._down = True
+                _log.warning("otel-events RedisSink: Redis unavailable (%s); retrying",
+                             type(exc).__name__)
+            return False
+        except Exception as exc:  # a script error: sending it again cannot help
+            _log.warning("otel-events RedisSink: Redis refused a batch of %d events (%s)",
+                         len(batch), type(exc).__name__)
+            self._lost += len(batch)
+            return True
+        if self._down:
+            self._down = False
+            _log.warning("otel-events RedisSink: Redis reachable again")
+        if not result or result[0] is None:
+            _log.warning("otel-events RedisSink: the bridge holds its most threads; "
+                         "%d events dropped", len(batch))
+            self._lost += len(batch)
+            return True
+        self.sent += len(batch)
+        return True
