@@ -24,6 +24,7 @@ lint: setup
 # end-to-end tests start: Jaeger, Prometheus, Alertmanager, Chromium.
 servers:
 	bash scripts/install-servers.sh
+	bash scripts/install-redis.sh
 	bash scripts/install-codex.sh
 
 test: setup lint servers
