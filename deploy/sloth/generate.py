@@ -5,9 +5,9 @@
 
 Each SLO of the spec becomes its own rule file in deploy/prometheus/ (see OUTPUTS), so a
 Prometheus loads only the one that matches the metrics it has. One addition to Sloth's
-output: the page needs a minimum number of bad turns (MIN_BAD_TURNS_PER_HOUR, below). Sloth is the binary that
-scripts/install-servers.sh builds into .cache/bin/sloth from deploy/sloth/go.mod (or
-$OTEL_EVENTS_SLOTH_BIN, or `sloth` on PATH).
+output: the page needs a minimum number of bad turns (MIN_BAD_TURNS_PER_HOUR, below).
+Sloth is the binary that scripts/install-servers.sh builds into .cache/bin/sloth from
+deploy/sloth/go.mod (or $OTEL_EVENTS_SLOTH_BIN, or `sloth` on PATH).
 """
 
 from __future__ import annotations
