@@ -68,6 +68,27 @@ def rendered(page: Any) -> None:
     page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
 
 
+def post_many(url: str, threads: dict[str, list[dict[str, Any]]],
+              concurrency: int = 32) -> None:
+    """Post many threads' events at once: one request each, ``concurrency`` in flight
+    (one at a time, each small request waits out a delayed ACK of about 40 ms).
+    Threads, not asyncio: Playwright's sync API already runs a loop on this one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    import orjson
+
+    limits = httpx.Limits(max_connections=concurrency)
+    with httpx.Client(base_url=url, timeout=30.0, limits=limits) as client:
+        def post(item: tuple[str, list[dict[str, Any]]]) -> None:
+            body = b"".join(orjson.dumps(event) + b"\n" for event in item[1])
+            client.post(f"/v1/threads/{item[0]}/events", content=body,
+                        headers={"content-type": "application/x-ndjson"}).raise_for_status()
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(post, threads.items()))
+
+
 def stamp(ms: float) -> str:
     """An RFC 3339 timestamp (UTC, microseconds) for epoch milliseconds."""
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")

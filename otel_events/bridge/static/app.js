@@ -136,8 +136,10 @@ function connect() {
     view.setWaiting(!state || state.applied === 0);
     schedule();
   };
-  es.onerror = () => {
-    if (source !== es) return;
+  es.onerror = (e) => {
+    // An agent's own "error" event arrives as a message named "error", which
+    // EventSource also hands to onerror: that is content, not a connection problem.
+    if (source !== es || e instanceof MessageEvent) return;
     if (es.readyState === EventSource.CLOSED) {
       // The browser gave up (an HTTP error, e.g. 401 or 503): retry ourselves, slower
       // each time, and check whether a token is what is missing.

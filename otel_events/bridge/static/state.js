@@ -13,7 +13,8 @@ export const CONTENT_FIELDS = ["command", "exit_code", "server", "tool", "query"
 // The page keeps at most this many turns and items per turn (the bridge keeps fewer).
 export const MAX_TURNS = 50;
 export const MAX_ITEMS = 5000;
-// How many of a turn's slowest ended items are marked.
+// How many of a turn's slowest ended items are marked: up to 3, and never more than
+// half of its ended items (in a turn of two steps, "slowest" means one).
 const SLOWEST = 3;
 
 export class Item {
@@ -37,7 +38,8 @@ export class Item {
     this.content = {};
     this.truncated = [];
     this.contentDropped = false;
-    this.slow = false;
+    this.slow = false;      // one of its turn's slowest steps
+    this.timed = false;     // counted among its turn's ended items with a duration
     this.version = 0;       // bumped on every change: the view redraws when it differs
   }
   get outcome() { return outcomeOf(this.status, this.error); }
@@ -66,6 +68,7 @@ export class Turn {
     this.dirty = new Set();     // items to redraw
     this.relayout = false;      // every bar must be placed again (t0 moved)
     this.slowest = [];          // up to SLOWEST ended items, longest first
+    this.timed = 0;             // ended items with a duration
     this.version = 0;
   }
   get outcome() { return this.status === "running" ? "running" : outcomeOf(this.status, this.error); }
@@ -100,19 +103,19 @@ export class Turn {
   }
   rankSlow(item) {
     // Keep the SLOWEST longest ended items: O(SLOWEST) per ended item.
+    const timed = Number.isFinite(item.durationMs) && !item.running;
+    if (timed && !item.timed) { item.timed = true; this.timed += 1; }
     const list = this.slowest.filter((other) => other !== item);
-    if (Number.isFinite(item.durationMs) && !item.running) {
+    if (timed) {
       list.push(item);
       list.sort((a, b) => b.durationMs - a.durationMs);
     }
-    const kept = list.slice(0, SLOWEST);
-    for (const old of this.slowest) {
-      if (!kept.includes(old)) { old.slow = false; this.touchItem(old); }
+    this.slowest = list.slice(0, SLOWEST);
+    const marked = new Set(this.slowest.slice(0, Math.floor(this.timed / 2)));
+    for (const other of [...list, item]) {
+      const slow = marked.has(other);
+      if (other.slow !== slow) { other.slow = slow; this.touchItem(other); }
     }
-    for (const now of kept) {
-      if (!now.slow) { now.slow = true; this.touchItem(now); }
-    }
-    this.slowest = kept;
   }
 }
 

@@ -432,6 +432,7 @@ class Row {
       }
     }
     setAttr(this.bar, "data-running", item.running);
+    if (!item.slow) this.barNote.hidden = true;  // slow ones are placed by grow()
     setAttr(this.bar, "data-outcome", outcome);
     this.live(now);
     this.subline();
