@@ -155,7 +155,7 @@ def test_alertmanager_config_checks_and_routes_pages_apart() -> None:
     amtool = require_tool("amtool")
     result = run(amtool, "check-config", ALERTMANAGER_CONFIG)
     assert result.returncode == 0, result.stdout + result.stderr
-    routes = {
+    routes: dict[tuple[str, ...], str] = {
         ("severity=page", "alertname=AgentTurnsFailing"): "agent-oncall",
         **{("severity=ticket", f"alertname={name}"): "agent-tickets"
            for name, severity in ALERTS.items() if severity == "ticket"},
