@@ -32,8 +32,8 @@ import orjson
 
 from otel_events.log import Cursor, Entry, EventLog
 
-__all__ = ["APPEND_LUA", "TRIM_LUA", "RedisSink", "dedup_member", "event_rest", "new_epoch",
-           "stream_keys"]
+__all__ = ["APPEND_LUA", "TRIM_LUA", "RedisSink", "assigned_seqs", "dedup_member",
+           "event_rest", "new_epoch", "stream_keys"]
 
 _log = logging.getLogger(__name__)
 
@@ -144,19 +144,22 @@ else
   epoch = ARGV[1]
   redis.call('ZADD', registry, now, ARGV[6])
 end
-local seqs = {}
+-- The reply stays small whatever the batch: the first seq given, and one mark per line
+-- ('1': a retry, skipped); accepted lines have consecutive seqs.
+local first = top + 1
+local marks = {}
 local n = (#ARGV - 8) / 3
 for i = 1, n do
   local base = 6 + 3 * i
   local member = ARGV[base + 2]
   if member ~= '' and redis.call('ZSCORE', dedup, member) then
-    seqs[i] = 0
+    marks[i] = '1'
   else
     top = top + 1
     redis.call('XADD', stream, top .. '-' .. now, 't', ARGV[base],
                'd', '{"seq":' .. top .. ',' .. ARGV[base + 1])
     if member ~= '' then redis.call('ZADD', dedup, top, member) end
-    seqs[i] = top
+    marks[i] = '0'
   end
 end
 """ + TRIM_LUA + """
@@ -168,8 +171,21 @@ if ttl > 0 then
   redis.call('PEXPIRE', ckpt, ttl)
 end
 redis.call('PUBLISH', ARGV[7], epoch .. ':' .. top)
-return {epoch, ck, seqs}
+return {epoch, ck, first, table.concat(marks)}
 """
+
+
+def assigned_seqs(reply: Any) -> list[int]:
+    """The seq each line of an append got, 0 for a retry (from ``APPEND_LUA``'s reply)."""
+    seq = int(reply[2])
+    out = []
+    for mark in reply[3]:
+        if mark == ord("1"):
+            out.append(0)
+        else:
+            out.append(seq)
+            seq += 1
+    return out
 
 
 def append_args(prefix: str, thread_id: str, retention_count: int,

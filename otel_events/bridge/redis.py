@@ -102,6 +102,7 @@ from otel_events.redis_sink import (
     APPEND_LUA,
     TRIM_LUA,
     append_args,
+    assigned_seqs,
     channel_name,
     dedup_member,
     event_rest,
@@ -484,8 +485,9 @@ class RedisBroker:
         self.max_turns = max_turns
         self.batch = batch
         #: Events between checkpoints of the folded state: the stream holds at most this
-        #: many events more than the retention.
-        self.checkpoint_every = checkpoint_every or max(1, min(256, retention_count // 4))
+        #: many events more than the retention (a quarter more by default), and a
+        #: checkpoint (up to 20 turns of 200 items) is encoded once per this many events.
+        self.checkpoint_every = checkpoint_every or max(1, retention_count // 4)
         self.fetch_count = max(retention_count, 1024)
         # No retries inside redis-py: a script retried after a timeout could run twice (a
         # producer's retry is de-duplicated, a line without producer seq would not be);
@@ -554,7 +556,7 @@ class RedisBroker:
             raise BrokerUnavailable(f"Redis is unreachable ({type(exc).__name__})") from None
         if not result or result[0] is None:
             raise TooManyThreads(f"the bridge holds {self.max_threads} threads")
-        epoch, checkpoint, seqs = _text(result[0]) or "", int(result[1]), result[2]
+        epoch, checkpoint, seqs = _text(result[0]) or "", int(result[1]), assigned_seqs(result)
         accepted = sum(1 for seq in seqs if seq)
         last_seq = max(seqs) if accepted else None
         if accepted:

@@ -12,6 +12,7 @@ from otel_events.bridge.batch import parse_batch
 from otel_events.bridge.broker import Batch
 from otel_events.bridge.redis import RedisBroker
 from otel_events.redis_sink import RedisSink
+from tests.bridge_support import wait_for
 from tests.conftest import Telemetry
 from tests.redis.server import RedisServer, free_port
 from tests.test_broker_contract import read_seqs
@@ -61,13 +62,16 @@ async def test_redis_down_then_back_delivers_everything_once(
     sink = RedisSink(own_redis.url, backoff=0.02, max_backoff=0.2, timeout=1.0)
     emitter = make_emitter(telemetry, "outage", sink)
     run_turn(emitter, 1)
+    wait_for(lambda: sink.sent == emitter.log.next_seq - 1, what="the first turn")
     own_redis.kill()
+    requests = sink.requests
     run_turn(emitter, 4)  # never raises, never waits
+    # Two attempts while Redis is down: both failed, and the batch is still in hand.
+    wait_for(lambda: sink.requests >= requests + 2, what="the sink to retry")
     own_redis.start()
     published = emitter.log.next_seq - 1
     emitter.close(timeout=20.0)
     assert (sink.sent, sink.dropped) == (published, 0)
-    assert sink.requests > 2  # it did retry
     broker = RedisBroker(own_redis.url)
     try:
         reader = broker.reader("outage", None)
