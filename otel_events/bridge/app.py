@@ -136,14 +136,17 @@ class _Options:
     preflight (which ``CORSMiddleware``, outside this, answers when it is configured).
     """
 
-    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
+    def __init__(self, app: ASGIApp, routes: Sequence[Sequence[BaseRoute]]) -> None:
         self.app = app
+        # Lists of routes, read at each request (routes may be added after this is made).
         self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "OPTIONS":
             methods: set[str] = set()
-            for route in self.routes:
+            for route in (route for routes in self.routes for route in routes):
+                if not hasattr(route, "path"):
+                    continue  # an included router: its own routes are listed too
                 match, _ = route.matches(scope)
                 if match is not Match.NONE:
                     methods |= getattr(route, "methods", None) or {"GET", "HEAD"}
@@ -299,7 +302,7 @@ def create_app(settings: BridgeSettings | None = None,
     app.state.incidents = incidents
     page = _page(settings)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
 
@@ -309,7 +312,7 @@ def create_app(settings: BridgeSettings | None = None,
     # the token (the security headers wrap them all, see ``_Bridge``).
     if settings.token is not None:
         app.add_middleware(_BearerAuth, token=settings.token)
-    app.add_middleware(_Options, routes=app.router.routes)
+    app.add_middleware(_Options, routes=(app.router.routes, router.routes))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=list(settings.cors_origins),

@@ -289,4 +289,6 @@ def bridge_command(
         if settings.allowed_hosts is None:
             print("warning: any Host name is answered; name this bridge's with "
                   "--allowed-host", file=sys.stderr)
+    # The bridge's own lines (incidents) look like uvicorn's, on the same stream.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s:  %(message)s")
     create_server(settings, log_level=log_level, access_log=access_log).run()

@@ -117,7 +117,8 @@ async def readyz(request: Request) -> JSONResponse:
             "type": "string",
             "description": "One ProtocolEvent as JSON per line; blank lines are skipped."}},
         "application/json": {"schema": {
-            "type": "array", "items": {"$ref": "#/components/schemas/ProtocolEvent"}}},
+            "type": "array", "minItems": 1,
+            "items": {"$ref": "#/components/schemas/ProtocolEvent"}}},
     }}},
 )
 async def ingest(thread_id: ThreadId, request: Request) -> JSONResponse:
