@@ -146,7 +146,8 @@ def start_centrifugo(redis_port: int, directory: Path, history: int) -> Process:
         "client": {"allow_anonymous_connect_without_token": True},
         "channel": {"namespaces": [{
             "name": NAMESPACE, "history_size": history, "history_ttl": "3600s",
-            "force_recovery": True, "allow_subscribe_for_anonymous": True}]},
+            "force_recovery": True, "allow_subscribe_for_client": True,
+            "allow_subscribe_for_anonymous": True}]},
     }
     path = directory / f"centrifugo-{port}.json"
     path.write_text(json.dumps(config))

@@ -33,7 +33,7 @@ import orjson
 from otel_events.log import Cursor, Entry, EventLog
 
 __all__ = ["APPEND_LUA", "TRIM_LUA", "RedisSink", "assigned_seqs", "dedup_member",
-           "event_rest", "new_epoch", "stream_keys"]
+           "event_rest", "new_epoch", "parse_notification", "stream_keys"]
 
 _log = logging.getLogger(__name__)
 
@@ -58,25 +58,38 @@ def new_epoch() -> str:
     return secrets.token_hex(4)
 
 
-def dedup_member(producer_seq: int | None, raw: dict[str, Any]) -> str | None:
-    """What recognises a producer's line when it is sent again: ``pseq:hash`` of its
-    canonical JSON. The same in every process (Python's ``hash`` of bytes is salted per
-    process), so a retry through another replica, or through HTTP after the sink, is
-    recognised. ``None`` without a producer seq: such lines are never de-duplicated."""
-    if producer_seq is None:
-        return None
-    canonical = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
-    return f"{producer_seq}:{hashlib.blake2b(canonical, digest_size=12).hexdigest()}"
-
-
 def event_rest(raw: dict[str, Any], thread_id: str) -> bytes:
     """The event's JSON without its opening brace and without ``seq``: the script puts
-    ``{"seq":N,`` in front once it has numbered the line."""
+    ``{"seq":N,`` in front once it has numbered the line. Compact JSON holds no raw
+    newline, which the notification's framing relies on."""
     body = dict(raw)
     body.pop("seq", None)
     if body.get("thread_id") is None:
         body["thread_id"] = thread_id
     return orjson.dumps(body)[1:]
+
+
+def dedup_member(producer_seq: int | None, rest: bytes) -> str | None:
+    """What recognises a producer's line when it is sent again: ``pseq:hash`` of the line
+    as stored (``event_rest``). The same in every process (Python's ``hash`` of bytes is
+    salted per process), so a retry through another replica, or through HTTP after the
+    sink, is recognised. ``None`` without a producer seq: never de-duplicated."""
+    if producer_seq is None:
+        return None
+    return f"{producer_seq}:{hashlib.blake2b(rest, digest_size=12).hexdigest()}"
+
+
+def parse_notification(data: bytes) -> tuple[str, int, int, list[tuple[str, bytes]]]:
+    """A thread's notification: epoch, the seq of its first event, the first seq held for
+    replay, and the events (type, JSON) it carries (none after a trim)."""
+    header, _, body = data.partition(b"\n")
+    epoch, first, lo = header.split(b" ")
+    events = []
+    if body:
+        for line in body.split(b"\n"):
+            kind, _, json = line.partition(b" ")
+            events.append((kind.decode(), json))
+    return epoch.decode(), int(first), int(lo), events
 
 
 # Shared by the append and trim scripts: advance ``lo`` for count and age retention and
@@ -148,6 +161,7 @@ end
 -- ('1': a retry, skipped); accepted lines have consecutive seqs.
 local first = top + 1
 local marks = {}
+local published = {}
 local n = (#ARGV - 8) / 3
 for i = 1, n do
   local base = 6 + 3 * i
@@ -160,6 +174,7 @@ for i = 1, n do
                'd', '{"seq":' .. top .. ',' .. ARGV[base + 1])
     if member ~= '' then redis.call('ZADD', dedup, top, member) end
     marks[i] = '0'
+    published[#published + 1] = ARGV[base] .. ' {"seq":' .. top .. ',' .. ARGV[base + 1]
   end
 end
 """ + TRIM_LUA + """
@@ -170,7 +185,10 @@ if ttl > 0 then
   redis.call('PEXPIRE', dedup, ttl)
   redis.call('PEXPIRE', ckpt, ttl)
 end
-redis.call('PUBLISH', ARGV[7], epoch .. ':' .. top)
+-- The notification carries the events (as Centrifugo's engine does): a replica that is
+-- up to date appends them without reading the stream back.
+table.insert(published, 1, epoch .. ' ' .. first .. ' ' .. lo)
+redis.call('PUBLISH', ARGV[7], table.concat(published, '\\n'))
 return {epoch, ck, first, table.concat(marks)}
 """
 
@@ -329,9 +347,9 @@ class RedisSink:
         for entry in batch:
             raw = orjson.loads(entry.json)
             producer_seq = raw.get("seq")
-            lines.append((entry.type, event_rest(raw, thread_id),
-                          dedup_member(producer_seq if isinstance(producer_seq, int)
-                                       else None, raw)))
+            rest = event_rest(raw, thread_id)
+            lines.append((entry.type, rest, dedup_member(
+                producer_seq if isinstance(producer_seq, int) else None, rest)))
         keys, args = append_args(self.prefix, thread_id, self.retention_count,
                                  self.retention_age, self.idle_expiry, self.max_threads,
                                  lines)

@@ -9,10 +9,12 @@ VERSION="v6.9.1"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN_DIR="$ROOT/.cache/bin"
 BIN="$BIN_DIR/centrifugo"
+# `go install` leaves the binary's own version unset (0.0.0): a stamp records what was built.
+STAMP="$BIN_DIR/centrifugo.stamp"
 
 say() { printf 'install-centrifugo: %s\n' "$*"; }
 
-if [ -x "$BIN" ] && "$BIN" version 2>/dev/null | grep -q "${VERSION#v}"; then
+if [ -x "$BIN" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$VERSION" ]; then
     say "present ($BIN, $VERSION)"
     exit 0
 fi
@@ -21,4 +23,5 @@ mkdir -p "$BIN_DIR"
 say "building Centrifugo $VERSION with $(go version) (first build: minutes)"
 start=$(date +%s)
 GOBIN="$BIN_DIR" CGO_ENABLED=0 go install -trimpath "github.com/centrifugal/centrifugo/v6@$VERSION"
+printf '%s\n' "$VERSION" >"$STAMP"
 say "built in $(($(date +%s) - start)) s: $BIN"

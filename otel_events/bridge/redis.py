@@ -106,6 +106,7 @@ from otel_events.redis_sink import (
     channel_name,
     dedup_member,
     event_rest,
+    parse_notification,
     registry_key,
     stream_keys,
 )
@@ -135,7 +136,7 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 if lo ~= tonumber(state[3]) then
   redis.call('HSET', meta, 'lo', lo)
   -- Replicas that mirror the thread forget the aged events too.
-  redis.call('PUBLISH', ARGV[3], state[1] .. ':' .. top)
+  redis.call('PUBLISH', ARGV[3], state[1] .. ' ' .. (top + 1) .. ' ' .. lo)
 end
 return 1
 """
@@ -160,11 +161,16 @@ return 1
 
 # -- helpers -----------------------------------------------------------------------------
 
-def line_digest(line: EventLine) -> str | None:
+def line_digest(line: EventLine, rest: bytes) -> str | None:
     """The de-duplication member of an ingested line (see ``dedup_member``)."""
     if line.digest is None:
         return None
-    return dedup_member(line.event.seq, line.raw)
+    return dedup_member(line.event.seq, rest)
+
+
+def _line(line: EventLine, thread_id: str) -> tuple[str, bytes, str | None]:
+    rest = event_rest(line.raw, thread_id)
+    return line.event.type, rest, line_digest(line, rest)
 
 
 def _text(value: Any) -> str | None:
@@ -509,6 +515,9 @@ class RedisBroker:
         self._closing: asyncio.Task[None] | None = None
         self._last_sweep = time.monotonic()
         self._closed = False
+        #: Stream reads made to bring mirrors up to date (a diagnostic: a mirror that
+        #: keeps up takes its events from the notifications, with no read).
+        self.fetches = 0
 
     @classmethod
     def from_settings(cls, settings: BridgeSettings) -> RedisBroker:
@@ -548,8 +557,7 @@ class RedisBroker:
         keys, args = append_args(
             self.prefix, thread_id, self.retention_count, self.retention_age,
             self.idle_expiry, self.max_threads,
-            [(line.event.type, event_rest(line.raw, thread_id), line_digest(line))
-             for line in lines])
+            [_line(line, thread_id) for line in lines])
         try:
             result = await self._append_script(keys=keys, args=args)
         except _UNREACHABLE as exc:
@@ -871,7 +879,9 @@ class RedisBroker:
                         channel = message["channel"]
                         watch = self._by_channel.get(
                             channel if isinstance(channel, bytes) else channel.encode())
-                        if watch is not None:
+                        if watch is not None and not (
+                                kind in (b"message", "message")
+                                and self._deliver(watch, message["data"])):
                             watch.dirty.set()
             except asyncio.CancelledError:
                 raise
@@ -884,6 +894,25 @@ class RedisBroker:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
+
+    def _deliver(self, watch: _Watch, data: bytes) -> bool:
+        """Append a notification's events to an up-to-date mirror; False when the stream
+        must be read instead (a fetch under way, events missed, a new epoch)."""
+        log = watch.log
+        if log is None or not watch.known or watch.lock.locked():
+            return False
+        try:
+            epoch, first, lo, events = parse_notification(data)
+        except ValueError:
+            return False
+        if epoch != watch.epoch or first > log.next_seq:
+            return False
+        for offset, (kind, json) in enumerate(events):
+            if first + offset >= log.next_seq:  # older ones were fetched already
+                log.append(kind, json)
+        if lo > log.first_seq:
+            log.forget_before(lo)
+        return True
 
     async def _follow(self, watch: _Watch) -> None:
         """Fetch whatever the watched thread's stream has past the mirror, whenever it is
@@ -910,6 +939,7 @@ class RedisBroker:
         async with watch.lock:
             while not self._closed:
                 log = watch.log
+                self.fetches += 1
                 async with client.pipeline(transaction=False) as pipe:
                     pipe.hmget(meta_key, "epoch", "lo")
                     pipe.xrange(stream_key, min=log.next_seq if log is not None else "-",

@@ -110,3 +110,21 @@ async def test_the_broker_through_a_redis_outage(own_redis: RedisServer) -> None
         reader.close()
     finally:
         await broker.aclose()
+
+
+async def test_a_mirror_that_keeps_up_takes_events_from_notifications(
+        redis_server: RedisServer) -> None:
+    broker = RedisBroker(redis_server.url, prefix=f"notify-{secrets.token_hex(4)}")
+    try:
+        await broker.append("th", lines(plain(1)))
+        reader = broker.reader("th", None)
+        assert await read_seqs(reader, 1) == [1]
+        fetches = broker.fetches
+        for n in range(5):
+            waiting = asyncio.create_task(read_seqs(reader, 2))
+            await broker.append("th", lines(plain(2, "item.completed")))
+            assert await asyncio.wait_for(waiting, 10) == [2 + 2 * n, 3 + 2 * n]
+        assert broker.fetches == fetches  # no stream read: one message per append
+        reader.close()
+    finally:
+        await broker.aclose()
