@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import hmac
 import html
-import importlib
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -40,7 +39,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_events import __version__
-from otel_events.bridge.broker import Broker
+from otel_events.bridge.broker import Broker, BrokerUnavailable
 from otel_events.bridge.incidents import Incidents
 from otel_events.bridge.memory import MemoryBroker
 from otel_events.bridge.routes import router
@@ -97,9 +96,13 @@ def host_name(value: str | None) -> str | None:
     value = value.strip()
     if value.startswith("["):
         end = value.find("]")
-        return value[:end + 1] if end > 0 else None
-    name, _, port = value.partition(":")
-    if ":" in port or (port and not port.isdigit()):
+        name, port = value[:end + 1], value[end + 1:]
+        if end < 0 or (port and not port.startswith(":")):
+            return None
+        port = port[1:]
+    else:
+        name, _, port = value.partition(":")
+    if port and not port.isdigit():
         return None
     return name or None
 
@@ -202,6 +205,11 @@ class _Bridge(FastAPI):
         return _openapi(self)
 
 
+async def _broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503 with Retry-After from any route whose broker's store is unreachable (Redis)."""
+    return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     """422 naming the field and the problem, never the value (FastAPI echoes it)."""
     assert isinstance(exc, RequestValidationError)
@@ -244,9 +252,9 @@ def make_broker(settings: BridgeSettings) -> Broker:
             retention_total_bytes=settings.retention_total_bytes)
     if url.split(":", 1)[0] in ("redis", "rediss", "unix"):
         # Loaded only when asked for: redis-py is the [redis] extra.
-        redis_module = importlib.import_module("otel_events.bridge.redis")
-        broker: Broker = redis_module.RedisBroker.from_settings(settings)
-        return broker
+        from otel_events.bridge.redis import RedisBroker
+
+        return RedisBroker.from_settings(settings)
     raise ValueError("broker must be 'memory' or a redis://, rediss:// or unix:// URL")
 
 
@@ -295,7 +303,8 @@ def create_app(settings: BridgeSettings | None = None,
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        exception_handlers={RequestValidationError: _validation_error},
+        exception_handlers={RequestValidationError: _validation_error,
+                            BrokerUnavailable: _broker_unavailable},
     )
     app.state.broker = broker
     app.state.settings = settings

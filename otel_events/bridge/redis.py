@@ -712,6 +712,11 @@ class RedisBroker:
         already; otherwise the next fold reads them from the stream."""
         folded = self._folds.get(thread_id)
         first = next(seq for seq in seqs if seq)
+        if first == 1 and (folded is None or folded.epoch != epoch):
+            # A thread (or epoch) this replica starts: fold it from nothing, so its
+            # checkpoints never need to read the stream back.
+            folded = self._folds[thread_id] = _Folded(
+                epoch, ThreadSnapshot(thread_id, max_turns=self.max_turns))
         if folded is None or folded.epoch != epoch or folded.seq != first - 1:
             return
         for line, seq in zip(lines, seqs, strict=True):
@@ -765,11 +770,15 @@ class RedisBroker:
             entries = replies[position]
             position += 1
             folded = self._folds[thread_id]
-            for stream_id, fields in entries:
+            for count, (stream_id, fields) in enumerate(entries, 1):
                 if not folded.apply(_seq_of(stream_id), fields[b"d"]):
                     _log.warning("thread %s: events missing after seq %d of its stream",
                                  thread_id, folded.seq)
                     break
+                if count % 200 == 0:
+                    # Parsing a long tail takes a while: let the streams run meanwhile
+                    # (applying is idempotent by seq, so a concurrent fold is harmless).
+                    await asyncio.sleep(0)
         out: list[_Folded | None] = []
         for thread_id, meta in zip(thread_ids, metas, strict=True):
             epoch = _text(meta[0])

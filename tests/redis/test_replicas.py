@@ -102,8 +102,12 @@ class Follower:
             await self._task
 
 
+def get(url: str) -> httpx.Response:
+    return httpx.get(url, timeout=10.0)
+
+
 def status(url: str) -> int:
-    return httpx.get(url, timeout=10.0).status_code
+    return get(url).status_code
 
 
 def state(replica: Replica, path: str) -> Any:
@@ -202,6 +206,9 @@ async def test_redis_down_then_back(own_redis: RedisServer, start: Callable[...,
     assert "Redis" in response.json()["detail"]
     assert status(f"{a.url}/readyz") == 503
     assert status(f"{a.url}/healthz") == 200
+    for path in (f"/v1/threads/{thread}", "/v1/threads"):  # state: 503 too, not a 500
+        answer = get(f"{a.url}{path}")
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
     for n in range(5):  # published while Redis is down: the sink keeps retrying
         async with turn.item("command_execution", f"step {n}") as item:
             item.complete(output={"n": n})
