@@ -163,13 +163,15 @@ class MemoryThread:
         log.forget_before(seq)
         self._release(released)
 
-    def trim_bytes(self, limit: int) -> None:
-        """Forget the oldest events until at most ``limit`` bytes are held; the newest
-        event always stays (a client can still resume from it)."""
+    def trim_bytes(self, limit: int, keep: int = 1) -> None:
+        """Forget the oldest events until at most ``limit`` bytes are held, keeping at
+        least the newest ``keep`` (the thread's own bound keeps one, so a new client
+        still gets the latest event; the total bound may take them all, else one event
+        per thread would escape it). The folded state stays either way."""
         log = self.log
         excess = self.bytes - limit
         keep_from = log.first_seq
-        while excess > 0 and keep_from < log.next_seq - 1:
+        while excess > 0 and keep_from < log.next_seq - keep:
             entry = log.get(keep_from)
             if entry is not None:
                 excess -= len(entry.json)
@@ -390,7 +392,8 @@ class MemoryBroker:
     def enforce_budget(self) -> None:
         """Bring the bytes held by all threads under the total bound, trimming the
         biggest threads first (to 90 % of it, so this runs once per tenth of the bound
-        appended, not on every event once full)."""
+        appended, not on every event once full). Clients that needed what went get a
+        reset; a thread trimmed to nothing keeps its state and its numbering."""
         budget = self.budget
         if budget.limit is None:
             return
@@ -402,8 +405,8 @@ class MemoryBroker:
             _, index, thread = heapq.heappop(heap)
             before = thread.bytes
             # Halve the biggest thread, or take just what is missing: threads even out.
-            thread.trim_bytes(max(before - (budget.total - target), before // 2))
-            if thread.bytes < before:
+            thread.trim_bytes(max(before - (budget.total - target), before // 2), keep=0)
+            if 0 < thread.bytes < before:
                 heapq.heappush(heap, (-thread.bytes, index, thread))
 
     async def snapshot(self, thread_id: str) -> bytes | None:

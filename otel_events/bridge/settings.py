@@ -47,7 +47,8 @@ class BridgeSettings:
     retention_count: int = 4096
     retention_age: float | None = 3600.0
     #: Bytes of event JSON kept for replay, per thread and over all threads together
-    #: (``None``: no byte bound). The newest event of a thread is always kept.
+    #: (``None``: no byte bound). A thread's own bound keeps at least its newest event;
+    #: the total holds whatever the events (biggest threads trimmed first).
     retention_bytes: int | None = 64 * 1024 * 1024
     retention_total_bytes: int | None = 512 * 1024 * 1024
     #: A thread with no event and no reader for this long is forgotten.
