@@ -13,7 +13,7 @@ const TOKEN_KEY = "otel-events-token";
 const EVENT_TYPES = ["thread.started", "turn.started", "turn.completed", "turn.failed",
   "item.started", "item.updated", "item.completed", "item.plan.delta", "progress.update",
   "token.count", "error", "stream.overflow", "request_user_input"];
-// How often a running turn's bars advance (the rest of the time nothing is drawn).
+// The first time running bars advance after the page starts (then see grow()).
 const GROW_MS = 100;
 const POLL_MS = 3000;
 
@@ -72,6 +72,8 @@ function render() {
   frame = 0;
   performance.mark("otel-events:render-start");
   const t = now();
+  // Exposed for checks (and the curious): how many events this page has applied.
+  document.body.dataset.applied = String(stats.applied);
   view.render(t);
   if (state && state.turns.size) {
     // The list polls every few seconds; the followed thread's status is live.
@@ -84,15 +86,22 @@ function render() {
   }
 }
 
-// Running bars grow between events: a light timer, only while something runs and the
-// tab is visible (hidden tabs get no animation frames anyway).
-setInterval(() => {
-  if (!state || document.hidden) return;
-  const t = now();
-  let running = Boolean(state.current);
-  if (!running) for (const turn of state.turns.values()) if (turn.running.size) { running = true; break; }
-  if (running) requestAnimationFrame(() => view.tick(t));
-}, GROW_MS);
+// Running bars grow between events: a timer, only while something runs and the tab is
+// visible, as often as that moves a bar by about two pixels (10 to 1 times a second).
+function grow() {
+  let delay = 1000;
+  if (state && !document.hidden) {
+    delay = view.tickDelay();
+    if (delay) {
+      const t = now();
+      requestAnimationFrame(() => view.tick(t));
+    } else {
+      delay = 1000;
+    }
+  }
+  setTimeout(grow, delay);
+}
+setTimeout(grow, GROW_MS);
 
 // -- connection ---------------------------------------------------------------------
 
@@ -163,8 +172,6 @@ function connect() {
       if (!state) state = new ThreadState(selected);
       state.apply(event, Date.now());
       stats.applied += 1;
-      // Exposed for checks (and the curious): how many events this page applied.
-      document.body.dataset.applied = String(stats.applied);
       if (view.state !== state) view.show(state);
       view.setWaiting(false);
       schedule();

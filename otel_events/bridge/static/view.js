@@ -2,9 +2,12 @@
 // turn's time axis.
 //
 // Redrawing is incremental: a frame touches the turns and items that changed since the
-// last one (ThreadState marks them), places new rows in O(depth), and grows running bars
-// by setting one CSS variable per turn (--now): bar positions are calc()s of --s, --d and
-// --span, so the browser moves every bar of a turn without a line of script per bar.
+// last one (ThreadState marks them) and places new rows in O(depth). Bars are calc()s of
+// CSS variables: --s and --d on each bar (its start and duration, ms after the turn's
+// origin) over --span on the waterfall. A running turn's axis keeps some room ahead of
+// now and is stretched in steps, so between steps only the running bars change (their
+// own --now): custom properties inherit, and touching one on the waterfall at every tick
+// would restyle all its rows.
 
 import { h, setAttr, setText, setVar } from "./dom.js";
 import {
@@ -25,15 +28,27 @@ export class ThreadView {
     this.turnViews = new Map();
     this.open = new Map();        // turn id -> open, as the person chose
     this.trackWidth = 0;
-    this.resized = true;
     this.waiting = false;
     this.announce = () => {};     // tells screen readers of turn ends and failures
-    new ResizeObserver(() => { this.resized = true; this.onResize?.(); }).observe(root);
+    // The track's width places tick labels and the slow steps' notes. Read from resize
+    // observations of the axes (never a layout read while drawing); rows being added
+    // change heights only, which this ignores.
+    this.observer = new ResizeObserver((entries) => {
+      for (const entry of entries) {
+        const width = entry.contentRect.width;
+        if (width > 0 && Math.abs(width - this.trackWidth) >= 0.5) {
+          this.trackWidth = width;
+          for (const view of this.turnViews.values()) view.axisKey = "";
+          this.onResize?.();
+        }
+      }
+    });
   }
 
   /** Draw `state` from scratch (another thread, or a reset). */
   show(state) {
     this.state = state;
+    this.observer.disconnect();
     this.turnViews = new Map();
     this.root.replaceChildren();
     if (!state) return;
@@ -53,7 +68,6 @@ export class ThreadView {
     const state = this.state;
     this.now = now;
     if (!state) return;
-    if (this.resized) this.measure();
     if (state.structure) this.listTurns(now);
     for (const turn of state.dirtyTurns) {
       this.turnViews.get(turn)?.sync(now);
@@ -72,12 +86,18 @@ export class ThreadView {
     this.header(now);
   }
 
-  measure() {
-    // One layout read, after a resize only: the width tick spacing and labels need.
-    const track = this.root.querySelector(".axis-track");
-    this.trackWidth = track ? track.clientWidth : this.root.clientWidth * 0.6;
-    this.resized = false;
-    for (const view of this.turnViews.values()) view.axisKey = "";
+  /** Ms until running bars have grown by about 2 px; 0 if nothing runs. */
+  tickDelay() {
+    let delay = 0;
+    for (const view of this.turnViews.values()) {
+      const turn = view.turn;
+      if (turn.status !== "running" && !turn.running.size) continue;
+      const perPixel = view.open && view.span > 0 && this.trackWidth > 0
+        ? view.span / this.trackWidth : Infinity;
+      const wait = Math.min(1000, Math.max(100, 2 * perPixel));
+      delay = delay ? Math.min(delay, wait) : wait;
+    }
+    return delay;
   }
 
   listTurns(now) {
@@ -87,7 +107,11 @@ export class ThreadView {
     if (state.loose.items.size) turns.push(state.loose);
     const keep = new Set(turns);
     for (const [turn, view] of this.turnViews) {
-      if (!keep.has(turn)) { view.el.remove(); this.turnViews.delete(turn); }
+      if (!keep.has(turn)) {
+        view.el.remove();
+        this.observer.unobserve(view.axis);
+        this.turnViews.delete(turn);
+      }
     }
     let previous = null;
     turns.forEach((turn, index) => {
@@ -96,6 +120,7 @@ export class ThreadView {
         const chosen = this.open.get(turn.id);
         view = new TurnView(this, turn, chosen ?? (index < OPEN_TURNS || turn.status === "running"));
         this.turnViews.set(turn, view);
+        this.observer.observe(view.axis);
         view.sync(now);
       }
       const wanted = previous ? previous.nextSibling : this.turnsEl.firstChild;
@@ -167,6 +192,9 @@ class TurnView {
     this.error = h("p", { class: "turn-error", hidden: true });
     this.axis = h("div", { class: "axis-track" });
     this.lines = h("div", { class: "gridlines", "aria-hidden": "true" });
+    this.edge = h("i", { class: "now-line", hidden: true });   // where now is on the axis
+    this.span = 0;
+    this.noted = new Map();
     this.rowsEl = h("ol", { class: "rows" });
     this.dropped = h("p", { class: "dropped", hidden: true });
     this.waterfall = h("div", { class: "waterfall", id: `${domId}-wf`, hidden: !open },
@@ -240,10 +268,10 @@ class TurnView {
       for (const item of turn.added) this.place(item);
     }
     turn.added.length = 0;
-    turn.relayout = false;
     for (const item of turn.dirty) this.rows.get(item)?.update(now);
     turn.dirty.clear();
     this.grow(now);
+    turn.relayout = false;
   }
 
   /** Every row, in tree order (children under their parent, in arrival order). */
@@ -276,6 +304,7 @@ class TurnView {
       if (kids) for (let i = kids.length - 1; i >= 0; i--) stack.push([kids[i], row]);
     }
     this.rowsEl.replaceChildren(fragment);
+    this.noted = new Map();
     for (const item of turn.items.values()) turn.dirty.add(item);
     this.built = true;
     this.axisKey = "";
@@ -302,8 +331,6 @@ class TurnView {
   grow(now) {
     const turn = this.turn;
     const t0 = turn.t0;
-    let span = NaN;
-    if (Number.isFinite(t0)) span = Math.max(turn.axisEnd(now) - t0, 1);
     // The turn's duration: live while it runs.
     let duration = turn.durationMs;
     if (turn.status === "running" && Number.isFinite(turn.start)) duration = now - turn.start;
@@ -311,14 +338,33 @@ class TurnView {
     const current = turn.status === "running" ? latestRunning(turn) : null;
     this.nowLine.hidden = !current;
     if (current) setText(this.nowLine, `Now: ${current.description || current.type || current.id}`);
-    if (!this.open || !Number.isFinite(span)) return;
+    if (!this.open || !Number.isFinite(t0)) return;
+    const end = Math.max(turn.axisEnd(now) - t0, 1);
+    let span = end;
+    if (turn.status === "running") {
+      // Room ahead of now, stretched in steps of a quarter or so: a few restyles of the
+      // whole waterfall per decade of the turn's age, not one per tick.
+      span = this.span > 0 && this.span >= end && !turn.relayout ? this.span : roomy(end);
+    }
+    const rescaled = span !== this.span;
+    this.span = span;
     setVar(this.waterfall, "--span", round3(span));
-    setVar(this.waterfall, "--now", round3(turn.runningEdge(now) - t0));
+    const edge = turn.runningEdge(now) - t0;
+    setAttr(this.edge, "hidden", turn.status !== "running");
+    setVar(this.edge, "--at", round6(edge / span));
     this.axisTicks(span);
-    for (const item of turn.running) this.rows.get(item)?.live(now);
-    for (const item of turn.slowest) this.rows.get(item)?.note(span);
-    setAttr(this.rowsEl, "aria-label", `Steps of ${turn.id || "no turn"} on a time axis ` +
-      `from 0 to ${fmtMs(span)}`);
+    for (const item of turn.running) this.rows.get(item)?.live(now, edge);
+    const width = this.view.trackWidth;
+    if (rescaled || width !== this.notedWidth ||
+        turn.slowest.some((item) => item.version !== this.noted.get(item))) {
+      this.notedWidth = width;
+      this.noted = new Map(turn.slowest.map((item) => [item, item.version]));
+      for (const item of turn.slowest) this.rows.get(item)?.note(span);
+    }
+    if (rescaled) {
+      setAttr(this.rowsEl, "aria-label", `Steps of ${turn.id || "the thread"} on a time ` +
+        `axis from 0 to ${fmtMs(span)}`);
+    }
   }
 
   axisTicks(span) {
@@ -334,7 +380,7 @@ class TurnView {
           line: h("i", { class: "line" }) });
       }
       this.axis.replaceChildren(...this.ticks.map((tick) => tick.label));
-      this.lines.replaceChildren(...this.ticks.map((tick) => tick.line));
+      this.lines.replaceChildren(...this.ticks.map((tick) => tick.line), this.edge);
     }
     // Ticks are at least TICK_PX apart, so centred labels never meet; the first is
     // drawn from its tick rightwards, and one near the end leftwards, inside the track.
@@ -394,12 +440,13 @@ class Row {
     this.label = h("button", { class: "label", type: "button", "aria-expanded": "false",
       "aria-controls": `d-${domId}` }, this.mark, this.desc, this.kind, this.dur);
     this.bar = h("div", { class: "bar", "data-bar-for": item.id, role: "img" });
-    this.barNote = h("span", { class: "bar-note", "aria-hidden": "true", hidden: true });
-    this.track = h("div", { class: "track" }, this.bar, this.barNote);
-    this.sub = h("div", { class: "sub", hidden: true });
-    this.details = h("div", { class: "details", id: `d-${domId}`, hidden: true });
-    this.li = h("li", { class: "item", "data-item-id": item.id },
-      this.label, this.track, this.sub, this.details);
+    this.track = h("div", { class: "track" }, this.bar);
+    this.li = h("li", { class: "item", "data-item-id": item.id }, this.label, this.track);
+    // Made when first needed: most rows never have a note, a sub-line or open details.
+    this.barNote = null;
+    this.sub = null;
+    this.details = null;
+    this.domId = domId;
     if (this.depth) setVar(this.li, "--depth", Math.min(this.depth, 12));
   }
 
@@ -432,22 +479,24 @@ class Row {
       }
     }
     setAttr(this.bar, "data-running", item.running);
-    if (!item.slow) this.barNote.hidden = true;  // slow ones are placed by grow()
+    if (!item.slow && this.barNote) this.barNote.hidden = true;  // grow() places the slow
     setAttr(this.bar, "data-outcome", outcome);
-    this.live(now);
+    this.live(now, turn.runningEdge(now) - turn.t0);
     this.subline();
     if (this.opened) this.fillDetails(now);
   }
 
-  /** What changes with time alone on a running row: its duration and labels. */
-  live(now) {
+  /** What changes with time alone on a running row: its bar's end (`edge`, ms after the
+   * turn's origin), its duration and labels. */
+  live(now, edge) {
     const item = this.item;
     const turn = this.turnView.turn;
     let duration = item.durationMs;
     let note = "";
     if (item.running) {
-      const edge = turn.runningEdge(now);
-      duration = Number.isFinite(item.start) ? edge - item.start : null;
+      if (Number.isFinite(edge)) setVar(this.bar, "--now", round3(edge));
+      const until = turn.runningEdge(now);
+      duration = Number.isFinite(item.start) ? until - item.start : null;
       if (turn.status !== "running") note = " (no end reported)";
     }
     setText(this.dur, duration == null ? "" : fmtMs(duration) + note);
@@ -470,8 +519,12 @@ class Row {
     const item = this.item;
     const t0 = this.turnView.turn.t0;
     if (!item.slow || !Number.isFinite(item.durationMs) || !Number.isFinite(item.start)) {
-      this.barNote.hidden = true;
+      if (this.barNote) this.barNote.hidden = true;
       return;
+    }
+    if (!this.barNote) {
+      this.barNote = h("span", { class: "bar-note", "aria-hidden": "true" });
+      this.track.append(this.barNote);
     }
     const width = this.turnView.view.trackWidth || 600;
     const text = fmtMs(item.durationMs);
@@ -510,13 +563,25 @@ class Row {
     if (item.type === "agent_message" && typeof item.content.text === "string") {
       parts.push(h("span", { class: "message" }, item.content.text));
     }
-    this.sub.hidden = parts.length === 0;
+    if (!parts.length) {
+      if (this.sub) this.sub.hidden = true;
+      return;
+    }
+    if (!this.sub) {
+      this.sub = h("div", { class: "sub" });
+      this.track.after(this.sub);
+    }
+    this.sub.hidden = false;
     this.sub.replaceChildren(...parts);
   }
 
   toggle() {
     this.opened = !this.opened;
     this.label.setAttribute("aria-expanded", String(this.opened));
+    if (!this.details) {
+      this.details = h("div", { class: "details", id: `d-${this.domId}` });
+      this.li.append(this.details);
+    }
     this.details.hidden = !this.opened;
     if (this.opened) this.fillDetails(this.turnView.view.now ?? Date.now());
     else this.details.replaceChildren();
@@ -533,6 +598,15 @@ function latestRunning(turn) {
     if (!latest || item.start >= latest.start) latest = item;
   }
   return latest;
+}
+
+// The smallest of 1, 1.5, 2, 2.5, 3, 4, 5, 6, 8 times a power of ten that leaves a tenth
+// of room after `ms`.
+function roomy(ms) {
+  const want = ms * 1.1;
+  const power = 10 ** Math.floor(Math.log10(want));
+  for (const m of [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (m * power >= want) return m * power;
+  return 10 * power;
 }
 
 function round3(x) { return Math.round(x * 1000) / 1000; }
