@@ -111,7 +111,7 @@ def test_a_resent_batch_is_not_delivered_twice(bridge: Bridge) -> None:
     again = bridge.post("th", events)
     assert again.status_code == 200
     assert again.json() == {"accepted": 0, "duplicates": len(events), "rejected": [],
-                            "last_seq": None}
+                            "rejected_count": 0, "last_seq": None}
     # The same batch as a JSON array is the same events.
     as_array = bridge.client.post("/v1/threads/th/events", content=orjson.dumps(events[:2]),
                                   headers={"content-type": "application/json"})

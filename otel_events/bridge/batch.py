@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from otel_events.bridge.broker import EventLine
 from otel_events.protocol import describe_error, parse_event
 
-__all__ = ["MAX_DEPTH", "NDJSON_TYPES", "ParsedBatch", "UnsupportedMediaType", "parse_batch"]
+__all__ = ["MAX_DEPTH", "MAX_REPORTED", "NDJSON_TYPES", "ParsedBatch", "UnsupportedMediaType",
+           "parse_batch"]
 
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl",
                           "application/x-jsonlines", "application/jsonlines"})
@@ -40,12 +41,25 @@ class UnsupportedMediaType(ValueError):
     """Neither NDJSON nor JSON."""
 
 
+#: Rejected lines reported one by one; past these only counted. An HttpSink batch (1000
+#: events at most) is always reported whole, while a body of millions of bad short lines
+#: cannot make an answer thirty times its size.
+MAX_REPORTED = 1000
+
+
 @dataclass(slots=True)
 class ParsedBatch:
-    """The valid lines in body order, and the rejected ones with why."""
+    """The valid lines in body order, and the rejected ones with why (the first
+    ``MAX_REPORTED`` of them; ``rejected_count`` counts them all)."""
 
     events: list[EventLine] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    rejected_count: int = 0
+
+    def reject(self, line: int, error: str) -> None:
+        self.rejected_count += 1
+        if len(self.rejected) < MAX_REPORTED:
+            self.rejected.append((line, error))
 
 
 def _too_deep(value: object, limit: int = MAX_DEPTH) -> bool:
@@ -66,35 +80,34 @@ def _too_deep(value: object, limit: int = MAX_DEPTH) -> bool:
 def _check(line: int, value: object, thread_id: str, batch: ParsedBatch,
            may_be_deep: bool = True) -> None:
     if not isinstance(value, dict):
-        batch.rejected.append((line, "an event must be a JSON object"))
+        batch.reject(line, "an event must be a JSON object")
         return
     # ``may_be_deep``: the caller counted the brackets of the raw bytes (at C speed); too
     # few for the limit spares the walk, which is nearly every line.
     if may_be_deep and _too_deep(value):
-        batch.rejected.append((line, _DEPTH_ERROR))
+        batch.reject(line, _DEPTH_ERROR)
         return
     kind = value.get("type")
     if not isinstance(kind, str) or not _EVENT_TYPE.match(kind):
-        batch.rejected.append(
-            (line, "type: required, 1-100 characters of letters, digits and _.:/-"))
+        batch.reject(line, "type: required, 1-100 characters of letters, digits and _.:/-")
         return
     if kind in _RESERVED_TYPES:
-        batch.rejected.append((line, f"type: {kind!r} is reserved for the bridge"))
+        batch.reject(line, f"type: {kind!r} is reserved for the bridge")
         return
     owner = value.get("thread_id")
     if owner is not None and owner != thread_id:
-        batch.rejected.append((line, "thread_id: differs from the thread in the URL"))
+        batch.reject(line, "thread_id: differs from the thread in the URL")
         return
     # Strictly an integer: ``true`` is not seq 1, and 2**64 (a float to the parser) is
     # refused here with a clear reason rather than coerced or refused with a parser's.
     seq = value.get("seq")
     if seq is not None and (type(seq) is not int or not 0 <= seq <= _MAX_SEQ):
-        batch.rejected.append((line, _SEQ_ERROR))
+        batch.reject(line, _SEQ_ERROR)
         return
     try:
         event = parse_event(value)
     except ValidationError as exc:
-        batch.rejected.append((line, describe_error(exc)))
+        batch.reject(line, describe_error(exc))
         return
     # The same line sent again (a retry) has the same canonical form. Only lines with
     # the producer's seq are ever de-duplicated, so only they need the digest.
@@ -115,12 +128,12 @@ def parse_batch(body: bytes, media_type: str, thread_id: str) -> ParsedBatch:
         try:
             values = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            batch.rejected.append((1, f"the body is not valid JSON: {exc}"))
+            batch.reject(1, f"the body is not valid JSON: {exc}")
             return batch
         if isinstance(values, dict):
             values = [values]
         if not isinstance(values, list):
-            batch.rejected.append((1, "the body must be a JSON array of events"))
+            batch.reject(1, "the body must be a JSON array of events")
             return batch
         deep = _brackets(body) > MAX_DEPTH
         for number, value in enumerate(values, 1):
@@ -132,11 +145,11 @@ def parse_batch(body: bytes, media_type: str, thread_id: str) -> ParsedBatch:
             try:
                 value = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
-                batch.rejected.append((number, f"not valid JSON: {exc}"))
+                batch.reject(number, f"not valid JSON: {exc}")
                 continue
             _check(number, value, thread_id, batch, _brackets(raw) > MAX_DEPTH)
     else:
         raise UnsupportedMediaType(media_type)
-    if not batch.events and not batch.rejected:
-        batch.rejected.append((1, "the body holds no event"))
+    if not batch.events and not batch.rejected_count:
+        batch.reject(1, "the body holds no event")
     return batch

@@ -38,7 +38,10 @@ class IngestResponse(BaseModel):
     accepted: int
     #: Lines already accepted earlier (same producer seq and content): not delivered again.
     duplicates: int = 0
+    #: Rejected lines, ``{"line", "error"}``: the first 1000 of them.
     rejected: list[dict[str, Any]] = []
+    #: How many lines were rejected in all.
+    rejected_count: int = 0
     #: The bridge's seq of the last event accepted, if any.
     last_seq: int | None = None
 
@@ -167,6 +170,7 @@ async def ingest(thread_id: ThreadId, request: Request) -> JSONResponse:
     if rejected:
         status = 207 if accepted or duplicates else 422
     result = IngestResponse(accepted=accepted, duplicates=duplicates, rejected=rejected,
+                            rejected_count=batch.rejected_count,
                             last_seq=last_seq)
     return JSONResponse(result.model_dump(), status_code=status)
 

@@ -96,3 +96,15 @@ async def test_counts_summed_past_64_bits_do_not_break_the_thread_state(
                                   headers={"Last-Event-ID": "999"})
     assert reset[0].event == "reset"
     assert bridge.client.get("/v1/threads").status_code == 200
+
+
+def test_millions_of_bad_lines_get_an_answer_of_bounded_size(bridge: Bridge) -> None:
+    # 4 MiB of two-byte lines: reporting each would answer ~120 MB (measured before).
+    lines = 2 * 1024 * 1024 - 16
+    body = b"{}\n" + b"1\n" * (lines - 1)
+    response = bridge.post("th", body)
+    assert response.status_code == 422
+    result = response.json()
+    assert result["rejected_count"] == lines
+    assert [r["line"] for r in result["rejected"]] == list(range(1, 1001))
+    assert len(response.content) < 100_000
