@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench servers clean
+.PHONY: setup demo live test lint bench servers clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ setup: $(BIN)/.installed
 
 demo: setup
 	$(BIN)/python examples/data_agent.py
+
+# The live page: a bridge in memory fed by the demo agent; serves until Ctrl-C.
+live: setup
+	$(BIN)/python examples/live_demo.py
 
 lint: setup
 	$(BIN)/ruff check otel_events tests examples benchmarks
