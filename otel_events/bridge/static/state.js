@@ -13,9 +13,11 @@ export const CONTENT_FIELDS = ["command", "exit_code", "server", "tool", "query"
 // The page keeps at most this many turns and items per turn (the bridge keeps fewer).
 export const MAX_TURNS = 50;
 export const MAX_ITEMS = 5000;
-// How many of a turn's slowest ended items are marked: up to 3, and never more than
-// half of its ended items (in a turn of two steps, "slowest" means one).
+// How many of a turn's slowest ended items are marked: up to 3, never more than half
+// of its ended items (in a turn of two steps, "slowest" means one), and none that took
+// less than a tenth of the slowest (a 1 ms step is not slow beside two 1 s ones).
 const SLOWEST = 3;
+const SLOW_SHARE = 0.1;
 
 export class Item {
   constructor(id, type, turn) {
@@ -111,7 +113,9 @@ export class Turn {
       list.sort((a, b) => b.durationMs - a.durationMs);
     }
     this.slowest = list.slice(0, SLOWEST);
-    const marked = new Set(this.slowest.slice(0, Math.floor(this.timed / 2)));
+    const top = this.slowest.length ? this.slowest[0].durationMs : 0;
+    const marked = new Set(this.slowest.slice(0, Math.floor(this.timed / 2))
+      .filter((other) => other.durationMs >= SLOW_SHARE * top));
     for (const other of [...list, item]) {
       const slow = marked.has(other);
       if (other.slow !== slow) { other.slow = slow; this.touchItem(other); }

@@ -69,7 +69,9 @@ export class ThreadList {
     const row = this.rows.get(id);
     if (!row) return;
     row.summary = { ...row.summary, ...fields };
+    const before = row.outcome;
     this.fill(row, now);
+    if (row.outcome !== before) this.scheduleFilter();  // counts and filter follow
   }
 
   select(id) {
