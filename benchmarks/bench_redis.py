@@ -343,6 +343,30 @@ def centrifugo_memory_per_event(redis_port: int, api_port: int, events: int = 40
 # -- the run -------------------------------------------------------------------------------
 
 
+def start_variants(directory: Path, retention: int,
+                   wanted: list[str]) -> tuple[dict[str, Variant], list[Process]]:
+    """A redis-server and every variant's servers on it; Redis first in the list."""
+    redis = start_redis(directory)
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    processes = [redis]
+    try:
+        memory = start_bridge(None, retention)
+        replica_a, replica_b = start_bridge(url, retention), start_bridge(url, retention)
+        processes += [memory, replica_a, replica_b]
+        variants = {"memory": Variant("memory", memory, [memory]),
+                    "redis": Variant("redis", replica_a, [replica_a, replica_b])}
+        if "centrifugo" in wanted:
+            node_a = start_centrifugo(redis.port, directory, retention)
+            node_b = start_centrifugo(redis.port, directory, retention)
+            processes += [node_a, node_b]
+            variants["centrifugo"] = Variant("centrifugo", node_a, [node_a, node_b])
+    except BaseException:
+        for process in reversed(processes):
+            process.stop()
+        raise
+    return variants, processes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -357,21 +381,9 @@ def main() -> None:
     latencies: dict[tuple[str, int], list[int]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        redis = start_redis(directory)
-        url = f"redis://127.0.0.1:{redis.port}/0"
-        processes = [redis]
+        # Throughput: retention above the largest run, so no subscriber is ever reset.
+        variants, processes = start_variants(directory, 32_768, variants_wanted)
         try:
-            # Retention above the largest run, so no subscriber is ever reset.
-            memory = start_bridge(None, 32_768)
-            replica_a, replica_b = start_bridge(url, 32_768), start_bridge(url, 32_768)
-            processes += [memory, replica_a, replica_b]
-            variants = {"memory": Variant("memory", memory, [memory]),
-                        "redis": Variant("redis", replica_a, [replica_a, replica_b])}
-            if "centrifugo" in variants_wanted:
-                node_a = start_centrifugo(redis.port, directory, 32_768)
-                node_b = start_centrifugo(redis.port, directory, 32_768)
-                processes += [node_a, node_b]
-                variants["centrifugo"] = Variant("centrifugo", node_a, [node_a, node_b])
             for _ in range(options.repeats):
                 for clients, count in counts.items():
                     for name, variant in variants.items():
@@ -379,15 +391,24 @@ def main() -> None:
                         assert got == count, f"{name}: a client got {got} of {count}"
                         rates.setdefault((name, clients), []).append(
                             clients * count / elapsed)
+        finally:
+            for process in reversed(processes):
+                process.stop()
+        # Latency and memory on fresh servers with the default retention: the heaps the
+        # throughput runs left (hundreds of thousands of events) would add GC pauses.
+        variants, processes = start_variants(directory, 4096, variants_wanted)
+        try:
             for _ in range(2):
                 for clients in (1, 100):
                     for name, variant in variants.items():
                         _, got, lat = run_clients(variant, clients, 1000, interval=0.002)
                         assert got == 1000, f"{name}: a client got {got} of 1000"
                         latencies.setdefault((name, clients), []).extend(lat)
-            per_event = bridge_memory_per_event(redis.port)
-            centrifugo_per_event = (centrifugo_memory_per_event(redis.port, node_a.port)
-                                    if "centrifugo" in variants else None)
+            redis_port = processes[0].port
+            per_event = bridge_memory_per_event(redis_port)
+            centrifugo_per_event = (
+                centrifugo_memory_per_event(redis_port, variants["centrifugo"].publish_port)
+                if "centrifugo" in variants else None)
         finally:
             for process in reversed(processes):
                 process.stop()

@@ -441,7 +441,12 @@ class RedisReader:
         if reason is not None:
             reset = await broker._reset(self._thread_id, reason)
             if reset is None or reset.epoch != watch.epoch or watch.log is not log:
-                return None  # the thread changed meanwhile: place again
+                # The thread changed meanwhile (gone, or a new epoch the mirror has not
+                # caught up with): wait for the mirror to follow, then place again.
+                if watch.log is log:
+                    watch.dirty.set()
+                    await watch.wait_changed()
+                return None
             self._epoch = reset.epoch
             self._cursor = log.cursor(after=reset.seq, soft_lag=soft_lag)
             self._position = Position(reset.seq, reset.epoch)
@@ -603,9 +608,24 @@ class RedisBroker:
                     and watch.idle_since <= previous):
                 self._drop_watch(watch)
         try:
+            await self._check_mirrors()
             return await self._sweep_redis()
         except _UNREACHABLE:
             return 0
+
+    async def _check_mirrors(self) -> None:
+        """A flush or an expiry sends no notification: compare each mirror's epoch with
+        its thread's now and then, and bring the ones that differ up to date."""
+        watches = list(self._watches.values())
+        if not watches:
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for watch in watches:
+                pipe.hget(self._key(watch.thread_id, "m"), "epoch")
+            epochs = await pipe.execute()
+        for watch, epoch in zip(watches, epochs, strict=True):
+            if watch.known and _text(epoch) != watch.epoch:
+                await self._refresh(watch)
 
     async def _sweep_redis(self) -> int:
         client = self._client
@@ -956,9 +976,12 @@ class RedisBroker:
                     (epoch_raw, lo_raw), entries = await pipe.execute()
                 epoch = _text(epoch_raw)
                 if epoch is None:
-                    # No such thread (yet, or any more): readers wait; a new epoch's first
-                    # event will bring a new mirror.
-                    if not watch.known:
+                    # No such thread (yet, or any more: expired, flushed): readers wait
+                    # without a mirror, and a new epoch's first event brings a new one.
+                    if log is not None:
+                        log.close()  # its readers finish it, then wait
+                        watch.log = watch.epoch = None
+                    if not watch.known or log is not None:
                         watch.known = True
                         watch.changed()
                     return

@@ -9,7 +9,7 @@ import secrets
 import orjson
 import pytest
 
-from otel_events.bridge.broker import Batch, BrokerUnavailable, Position
+from otel_events.bridge.broker import Batch, BrokerUnavailable, Position, Reset
 from otel_events.bridge.redis import RedisBroker, decode_state, encode_state
 from otel_events.bridge.snapshot import ThreadSnapshot
 from otel_events.protocol import parse_event
@@ -126,5 +126,35 @@ async def test_a_mirror_that_keeps_up_takes_events_from_notifications(
             assert await asyncio.wait_for(waiting, 10) == [2 + 2 * n, 3 + 2 * n]
         assert broker.fetches == fetches  # no stream read: one message per append
         reader.close()
+    finally:
+        await broker.aclose()
+
+
+async def test_a_reader_open_across_a_flush_gets_the_new_epoch_as_a_reset(
+        own_redis: RedisServer) -> None:
+    broker = RedisBroker(own_redis.url)
+    try:
+        await broker.append("th", lines(plain(3, "item.started")))
+        reader = broker.reader("th", None)
+        first = await next_of(reader)
+        assert isinstance(first, Batch) and first.end == 4
+        parked = asyncio.create_task(next_of(reader, 30))
+        await broker.client.flushall()
+        await broker.expire()  # a flush sends no notification: the sweep looks
+        fresh = broker.reader("th", None)  # a new client waits: there is no thread now
+        waiting = asyncio.create_task(next_of(fresh, 30))
+        assert await broker.snapshot("th") is None
+        await broker.append("th", lines(plain(5, "item.completed")))
+        reset = await parked
+        assert isinstance(reset, Reset) and reset.reason == "epoch_changed"
+        assert reset.epoch != first.epoch and reset.seq == 5
+        got = await waiting  # the new client sees the new numbering from its start
+        assert isinstance(got, Batch) and got.epoch == reset.epoch
+        assert [e.seq for e in got.entries] == [1, 2, 3, 4, 5]
+        live = asyncio.create_task(read_seqs(reader, 1))
+        await broker.append("th", lines(plain(1)))
+        assert await asyncio.wait_for(live, 10) == [6]
+        reader.close()
+        fresh.close()
     finally:
         await broker.aclose()
