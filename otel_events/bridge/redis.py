@@ -429,7 +429,11 @@ class RedisReader:
             if start > log.next_seq:
                 # The mirror may lag the stream (the client got its id from another
                 # replica a moment ago): catch up before calling the cursor ahead.
-                await broker._refresh(watch)
+                try:
+                    await broker._refresh(watch)
+                except (*_UNREACHABLE, RedisError):
+                    await asyncio.sleep(0.5)  # Redis is away: the stream waits for it
+                    return None
                 if watch.log is not log:
                     return None  # replaced meanwhile: place again
             if start > log.next_seq:
