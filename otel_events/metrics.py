@@ -2,11 +2,26 @@
 
 Only bounded attributes go on metrics: agent name, item type, tool name, status and
 ``error.type``; never thread, turn or item ids.
+
+Every ended item is recorded in exactly one duration histogram:
+
+* tool calls (``execute_tool`` items: commands, SQL, charts, MCP and collab tool calls,
+  web searches) in ``gen_ai.execute_tool.duration``, the GenAI conventions' metric, by
+  ``gen_ai.tool.name``, with ``otel_events.item.type``, ``otel_events.item.status`` and
+  ``error.type`` beside it;
+* every other item (retrieval, guardrail checks, reasoning, messages...) in
+  ``otel_events.item.duration``, by the same ``otel_events.item.type``,
+  ``otel_events.item.status`` and ``error.type``.
+
+So "every step" is the union of the two, summed by item type and status. One histogram
+per step, not two: with the SDK, recording a measurement costs about as much as a third
+of a span (its attributes are checked and hashed on every call), and the two would
+only have repeated each other.
 """
 
 from __future__ import annotations
 
-from opentelemetry.metrics import Meter
+from opentelemetry.metrics import Histogram, Meter
 
 from otel_events.endings import outcome_of
 
@@ -27,8 +42,9 @@ class AgentMetrics:
     """The instruments, created once per meter."""
 
     def __init__(self, meter: Meter) -> None:
+        # Few distinct attribute sets, recorded often: each is built once.
         self._item_cache: dict[tuple[str, str, str | None, str, str | None],
-                               tuple[dict[str, str], dict[str, str] | None]] = {}
+                               tuple[Histogram, dict[str, str]]] = {}
         self.invoke_agent_duration = meter.create_histogram(
             "gen_ai.invoke_agent.duration", unit="s",
             description="Duration of agent turns.",
@@ -36,12 +52,12 @@ class AgentMetrics:
         )
         self.execute_tool_duration = meter.create_histogram(
             "gen_ai.execute_tool.duration", unit="s",
-            description="Duration of tool executions.",
+            description="Duration of tool executions, by tool, item type and status.",
             explicit_bucket_boundaries_advisory=TOOL_BUCKETS,
         )
         self.item_duration = meter.create_histogram(
             "otel_events.item.duration", unit="s",
-            description="Duration of every item by item type and status.",
+            description="Duration of items other than tool calls, by item type and status.",
             explicit_bucket_boundaries_advisory=TOOL_BUCKETS,
         )
         self.turns = meter.create_counter(
@@ -74,26 +90,6 @@ class AgentMetrics:
         if output_tokens:
             self.token_usage.record(output_tokens, {**attributes, "gen_ai.token.type": "output"})
 
-    def _item_attributes(self, item_type: str, status: str, operation: str | None,
-                         tool_name: str, error_type: str | None) -> tuple[
-                             dict[str, str], dict[str, str] | None]:
-        # Few distinct combinations, recorded often: build each attribute set once.
-        key = (item_type, status, operation, tool_name, error_type)
-        cached = self._item_cache.get(key)
-        if cached is None:
-            attributes = {"otel_events.item.type": item_type, "otel_events.item.status": status}
-            tool: dict[str, str] | None = None
-            if operation == "execute_tool":
-                tool = {"gen_ai.operation.name": operation, "gen_ai.tool.name": tool_name}
-            if error_type is not None:
-                attributes["error.type"] = error_type
-                if tool is not None:
-                    tool["error.type"] = error_type
-            if len(self._item_cache) >= 4096:  # bounded, whatever the item types
-                self._item_cache.clear()
-            cached = self._item_cache[key] = (attributes, tool)
-        return cached
-
     def record_item(
         self,
         item_type: str,
@@ -103,8 +99,21 @@ class AgentMetrics:
         tool_name: str,
         error_type: str | None,
     ) -> None:
-        attributes, tool = self._item_attributes(item_type, status, operation, tool_name,
-                                                 error_type)
-        self.item_duration.record(seconds, attributes)
-        if tool is not None:
-            self.execute_tool_duration.record(seconds, tool)
+        """One ended item, in the one histogram its operation says (see the module)."""
+        key = (item_type, status, operation, tool_name, error_type)
+        cached = self._item_cache.get(key)
+        if cached is None:
+            attributes = {"otel_events.item.type": item_type, "otel_events.item.status": status}
+            histogram = self.item_duration
+            if operation == "execute_tool":
+                # gen_ai.operation.name is left out: the metric's name says it, and every
+                # attribute costs on each record (opentelemetry-util-genai leaves it out too).
+                attributes = {"gen_ai.tool.name": tool_name, **attributes}
+                histogram = self.execute_tool_duration
+            if error_type is not None:
+                attributes["error.type"] = error_type
+            if len(self._item_cache) >= 4096:  # bounded, whatever the item types
+                self._item_cache.clear()
+            cached = self._item_cache[key] = (histogram, attributes)
+        histogram, attributes = cached
+        histogram.record(seconds, attributes)
