@@ -265,7 +265,20 @@ def text_problems(page: Any) -> dict[str, Any]:
 
 
 def screenshot(page: Any, name: str) -> Path:
+    """The whole page as a window that tall would show it, kept under ``out/page/``.
+
+    The window is made as tall as the page first, and stays so (check the text after):
+    rows out of view skip rendering (content-visibility), and a full-page capture of a
+    short window would show them blank.
+    """
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True, animations="disabled")
+    width = page.viewport_size["width"]
+    for _ in range(3):  # the page may grow as rows outside the old window get drawn
+        height = page.evaluate("() => document.documentElement.scrollHeight")
+        page.set_viewport_size({"width": width, "height": height})
+        rendered(page)
+        if page.evaluate("() => document.documentElement.scrollHeight") <= height:
+            break
+    page.screenshot(path=str(path), animations="disabled")
     return path

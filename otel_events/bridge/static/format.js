@@ -11,6 +11,7 @@ export function fmtInt(n) {
 export function fmtMs(ms) {
   if (!Number.isFinite(ms)) return "";
   if (ms < 0) ms = 0;
+  if (ms === 0) return "0 ms";
   if (ms < 1) return `${ms.toFixed(1)} ms`;
   if (ms < 1000) return `${Math.round(ms)} ms`;
   if (ms < 10_000) return `${(ms / 1000).toFixed(2)} s`;
