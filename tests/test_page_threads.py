@@ -10,6 +10,7 @@ import pytest
 from tests.bridge_support import Bridge, running_bridge, start_bridge, turn_events
 from tests.page_support import (
     Turn,
+    demo_thread,
     launch_browser,
     new_page,
     now_ms,
@@ -148,7 +149,8 @@ def test_connection_states_and_what_a_reset_means(page: Any) -> None:
         page.wait_for_selector(".hint:not([hidden])")
         assert "waiting for its first" in page.text_content(".hint")
         base = now_ms() - 10_000
-        bridge.post("th", Turn("t", base).start(0).item("i", "x", "step", 0, 10).events)
+        bridge.post("th", Turn("t", base).start(0)
+                    .item("i", "x", "step", 0, 10, output="0123456789" * 500).events)
         page.wait_for_selector('.item[data-item-id="i"]')
         assert page.is_hidden(".hint")
         # An agent's own "error" event is content: shown, and the stream stays live.
@@ -168,6 +170,14 @@ def test_connection_states_and_what_a_reset_means(page: Any) -> None:
         assert "shows the thread as the bridge holds it" in banner
         assert other.text_content("#connection") == "live · reset"
         other.wait_for_selector('.turn[data-turn-id="t"][data-status="completed"]')
+        # The state came from the reset's snapshot: outputs as the bridge keeps them.
+        other.click('.item[data-item-id="i"] .label')
+        more = '.item[data-item-id="i"] .details .more'
+        assert other.text_content(more) == "Show all 4,096 characters"  # folded
+        other.click(more)
+        block = other.text_content('.item[data-item-id="i"] .details .block')
+        assert "Cut by the bridge to its first 4,096 characters" in block
+        assert ("0123456789" * 409) in block and ("0123456789" * 410) not in block
         other.click("#reset-dismiss")
         assert other.is_hidden("#reset-banner")
         other.close()
@@ -192,3 +202,47 @@ def test_a_thousand_threads_list_and_filter(page: Any) -> None:
         page.wait_for_function("() => document.querySelector('#counts').textContent"
                                ".startsWith('10 shown of')")
         assert len(listed(page)) == 10
+
+
+ROWS_JS = """els => els.map(e => [e.dataset.itemId, e.dataset.status, e.dataset.outcome,
+    e.querySelector('.desc').textContent, e.querySelector('.dur').textContent,
+    e.querySelector('.kind').textContent, e.querySelector('.sub')?.textContent || '',
+    e.hasAttribute('data-slow'),
+    e.querySelector('.bar').style.getPropertyValue('--s'),
+    e.querySelector('.bar').style.getPropertyValue('--d')])"""
+HEAD_JS = """els => els.map(e => [e.dataset.turnId, e.dataset.outcome,
+    e.querySelector('.turn-head').textContent,
+    e.querySelector('.waterfall').style.getPropertyValue('--span')])"""
+
+
+def test_a_reset_draws_the_thread_as_the_live_stream_did(browser: Any) -> None:
+    """The page folds events as the bridge's snapshot does: a thread followed live and
+    the same thread given whole by a reset look the same, row for row."""
+    base = now_ms() - 60_000
+    events = demo_thread(base)
+    events += Turn("turn_2", base).item("export", "command_execution", "Exporting the report",
+                                        2630, 3100).end(3200).events[-2:]
+    with running_bridge(retention_count=8) as bridge:
+        ctx, live = new_page(browser, viewport={"width": 1280, "height": 900})
+        try:
+            live.goto(f"{bridge.url}/?thread=th")
+            live.wait_for_selector("#connection[data-state=live]")
+            bridge.post("th", events)  # followed as it happens
+            live.wait_for_selector('.turn[data-turn-id="turn_2"][data-status="completed"]')
+            rendered(live)
+            late = ctx.new_page()
+            late.goto(f"{bridge.url}/?thread=th")  # the start is gone: a reset
+            late.wait_for_selector("body[data-last-reset=history_expired]")
+            late.wait_for_selector('.turn[data-turn-id="turn_2"][data-status="completed"]')
+            rendered(late)
+            assert late.eval_on_selector_all(".item", ROWS_JS) == \
+                live.eval_on_selector_all(".item", ROWS_JS)
+            assert late.eval_on_selector_all(".turn", HEAD_JS) == \
+                live.eval_on_selector_all(".turn", HEAD_JS)
+            assert late.text_content(".thread-meta") == live.text_content(".thread-meta")
+            for page in (live, late):
+                page.click('.item[data-item-id="query"] .label')
+            details = '.item[data-item-id="query"] .details'
+            assert late.text_content(details) == live.text_content(details)
+        finally:
+            ctx.close()

@@ -244,3 +244,40 @@ def test_items_open_with_their_output_and_the_keyboard_moves_between_them(
         assert page.errors == []
     finally:
         ctx.close()
+
+
+def test_progress_and_tokens_live_and_one_render_per_frame(page: Any, bridge: Bridge) -> None:
+    base = now_ms() - 2000
+    bridge.post("th", Turn("t", base).start(0).item("run", "x", "exporting", 10).events)
+    page.goto(f"{bridge.url}/?thread=th")
+    page.wait_for_selector('.item[data-item-id="run"][data-status="in_progress"]')
+    rendered(page)
+    bridge.post("th", Turn("t", base).progress("run", 500, 0.4, "writing rows")
+                .tokens(600, input_tokens=1200, cached_input_tokens=800, output_tokens=75)
+                .events)
+    page.wait_for_selector('.item[data-item-id="run"] progress')
+    assert page.eval_on_selector('.item[data-item-id="run"] progress', "e => e.value") == 0.4
+    assert "40% · writing rows" in page.text_content('.item[data-item-id="run"] .sub')
+    page.wait_for_function("() => document.querySelector('.turn .usage').textContent"
+                           " === '1,200 in (800 cached) · 75 out tokens'")
+    # 300 events at once: drawn in at most one render per animation frame, not per event.
+    page.evaluate("""() => {
+        window.__frames = 0;
+        const count = () => { window.__frames += 1; requestAnimationFrame(count); };
+        requestAnimationFrame(count);
+        performance.clearMeasures('otel-events:render');
+    }""")
+    burst = Turn("t", base)
+    for n in range(150):
+        burst.item(f"b{n}", "x", f"batch step {n}", 700 + n, 710 + n)
+    bridge.post("th", burst.events)
+    page.wait_for_selector('.item[data-item-id="b149"][data-status="completed"]')
+    renders = page.evaluate("() => performance.getEntriesByName('otel-events:render').length")
+    frames = page.evaluate("() => window.__frames")
+    assert 1 <= renders <= frames + 1, (renders, frames)
+    assert renders < 30, renders  # 300 events
+    # Done: the progress bar goes, the row says how long it took.
+    bridge.post("th", Turn("t", base).item("run", "x", "exporting", 10, 1500).events[-1:])
+    page.wait_for_selector('.item[data-item-id="run"][data-status="completed"]')
+    assert page.query_selector('.item[data-item-id="run"] progress') is None
+    assert page.text_content('.item[data-item-id="run"] .dur') == "1.49 s"

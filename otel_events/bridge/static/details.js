@@ -106,13 +106,14 @@ function block(title, value, truncated) {
   const section = h("section", { class: "block" }, head, pre);
   if (long) {
     const total = countLines(shown, Infinity);
-    const more = h("button", { type: "button", class: "more", "aria-expanded": "false" },
-      `Show all ${fmtInt(total)} lines`);
+    const all = total > FOLD_LINES ? `Show all ${fmtInt(total)} lines`
+      : `Show all ${fmtInt(shown.length)} characters`;
+    const more = h("button", { type: "button", class: "more", "aria-expanded": "false" }, all);
     more.addEventListener("click", () => {
       const open = more.getAttribute("aria-expanded") !== "true";
       more.setAttribute("aria-expanded", String(open));
       pre.textContent = open ? shown : foldedText(shown);
-      more.textContent = open ? "Fold" : `Show all ${fmtInt(total)} lines`;
+      more.textContent = open ? "Fold" : all;
     });
     section.append(more);
   }

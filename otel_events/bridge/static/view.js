@@ -564,7 +564,10 @@ class Row {
       parts.push(h("span", { class: "message" }, item.content.text));
     }
     if (!parts.length) {
-      if (this.sub) this.sub.hidden = true;
+      if (this.sub) {
+        this.sub.hidden = true;
+        this.sub.replaceChildren();
+      }
       return;
     }
     if (!this.sub) {
