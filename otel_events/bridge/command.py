@@ -30,7 +30,7 @@ from otel_events.bridge.broker import Broker
 from otel_events.bridge.incidents import Incidents
 from otel_events.bridge.routes import DROPPED_EXTENSION
 from otel_events.bridge.settings import BROKER_ENV, TOKEN_ENV, BridgeSettings, is_loopback
-from otel_events.bridge.sse import ABORT_EXTENSION
+from otel_events.bridge.sse import ABORT_EXTENSION, send_timeout_incident
 
 __all__ = ["GuardedH11Protocol", "bridge_command", "create_server"]
 
@@ -78,6 +78,8 @@ class GuardedH11Protocol(H11Protocol):
 
     header_timeout: float = 10.0
     body_timeout: float = 60.0
+    #: A write that waits this long for the client to take bytes drops the connection.
+    send_timeout: float | None = 30.0
     incidents: Incidents = Incidents()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -86,6 +88,8 @@ class GuardedH11Protocol(H11Protocol):
         self.logger = cast(logging.Logger, _ConnectionLog(self.logger, self.incidents))
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: str | None = None
+        self._write_deadline: asyncio.TimerHandle | None = None
+        self._aborted = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -93,7 +97,31 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._writable()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        # The client does not take what was written: uvicorn waits for it to drain, with
+        # no limit (an SSE stream has its own; an ordinary response, or a pipelined
+        # request behind one, has none). Past ``send_timeout`` the connection goes.
+        super().pause_writing()
+        if self.send_timeout is not None and self._write_deadline is None:
+            self._write_deadline = self.loop.call_later(self.send_timeout, self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._writable()
+
+    def _writable(self) -> None:
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+
+    def _stalled(self) -> None:
+        self._write_deadline = None
+        if self.flow.write_paused and not self._aborted:
+            self.incidents.report(*send_timeout_incident(self.send_timeout))
+            self.abort()
 
     def handle_events(self) -> None:
         cycle = self.cycle
@@ -107,15 +135,19 @@ class GuardedH11Protocol(H11Protocol):
         super().on_response_complete()
         self._follow()
 
-    def abort(self, cycle: RequestResponseCycle | None = None) -> None:
-        """Drop the connection now: reset it, freeing what is queued for it.
+    def abort(self, cycle: RequestResponseCycle | None = None) -> bool:
+        """Drop the connection now: reset it, freeing what is queued for it. False if
+        it was dropped already (the incident is counted once).
 
         ``close()`` would wait for the write buffer to drain, which a stalled client
         never lets happen; a plain abort still leaves the kernel's send queue to a
         lingering socket. SO_LINGER 0 makes the close a reset.
         """
+        if self._aborted:
+            return False
         if cycle is not None and cycle is not self.cycle:
-            return  # that request is over; this connection serves another
+            return True  # that request is over; this connection serves another
+        self._aborted = True
         if self.cycle is not None and not self.cycle.response_complete:
             # The application's sends become no-ops and its receive() says disconnect;
             # uvicorn then does not report the cut-off response as an error.
@@ -126,19 +158,42 @@ class GuardedH11Protocol(H11Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abort()
+        return True
+
+    def timeout_keep_alive_handler(self) -> None:
+        # uvicorn closes an idle keep-alive connection politely, which waits for the
+        # last response to drain: a client that does not read it would keep the socket
+        # and the response's bytes for ever. While a response is unread the head
+        # deadline decides instead (and resets the connection if it is still unread).
+        if self.transport.is_closing() or not self.transport.get_write_buffer_size():
+            super().timeout_keep_alive_handler()
+
+    def _drop_unread(self) -> None:
+        if self._aborted:
+            return
+        self.incidents.report(
+            "unread_response", "connections reset: a response not read within the "
+                               "keep-alive or head timeout")
+        self.abort()
 
     # -- deadlines -----------------------------------------------------------------
 
     def _follow(self) -> None:
         """Arm the deadline of what the connection waits for from the client, if any."""
-        state = self.conn.their_state
-        phase = "head" if state is h11.IDLE else "body" if state is h11.SEND_BODY else None
+        phase: str | None
+        if self.transport.is_closing():
+            # Closed after its response (``Connection: close``): the close waits for the
+            # client to read that response, which it has as long as a head to do so.
+            phase = "drain" if self.transport.get_write_buffer_size() else None
+        else:
+            state = self.conn.their_state
+            phase = "head" if state is h11.IDLE else "body" if state is h11.SEND_BODY else None
         if phase == self._phase:
             return
         self._disarm()
         self._phase = phase
-        if phase is not None and not self.transport.is_closing():
-            timeout = self.header_timeout if phase == "head" else self.body_timeout
+        if phase is not None:
+            timeout = self.body_timeout if phase == "body" else self.header_timeout
             self._deadline = self.loop.call_later(timeout, self._expired, phase)
 
     def _disarm(self) -> None:
@@ -149,6 +204,9 @@ class GuardedH11Protocol(H11Protocol):
 
     def _expired(self, phase: str) -> None:
         self._deadline = None
+        if phase in ("head", "drain") and self.transport.get_write_buffer_size():
+            self._drop_unread()  # the last answer still sits unread
+            return
         if self.transport.is_closing():
             return
         if phase == "head" and self.conn.their_state is h11.IDLE:
@@ -200,7 +258,7 @@ def create_server(settings: BridgeSettings | None = None, *, broker: Broker | No
     app = create_app(settings, broker)
     protocol = type("BridgeH11Protocol", (GuardedH11Protocol,), {
         "header_timeout": settings.header_timeout, "body_timeout": settings.body_timeout,
-        "incidents": app.state.incidents})
+        "send_timeout": settings.send_timeout, "incidents": app.state.incidents})
     options: dict[str, Any] = {"http": protocol, "limit_concurrency": settings.max_connections,
                                **config}
     uv_config = uvicorn.Config(

@@ -171,11 +171,15 @@ class SlowClientResponse(EventSourceResponse):
 
     def _drop(self, scope: Scope) -> None:
         abort = scope.get("extensions", {}).get(ABORT_EXTENSION)
-        if abort is not None:
-            abort()
-        incidents(scope).report(
-            "send_timeout", f"SSE clients dropped: they did not take a write within "
-                            f"{self.send_timeout}s (they may resume)")
+        if abort is not None and abort() is False:
+            return  # the server dropped it for the same reason, and counted it
+        incidents(scope).report(*send_timeout_incident(self.send_timeout))
+
+
+def send_timeout_incident(timeout: float | None) -> tuple[str, str]:
+    """The incident of a client dropped for not taking a write: its kind and line."""
+    return ("send_timeout", f"clients dropped: they did not take a write within "
+                            f"{timeout}s (SSE clients may resume)")
 
 
 _fallback_incidents = Incidents()

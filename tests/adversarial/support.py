@@ -41,6 +41,8 @@ class TcpSocket:
     state: str
     tx_queue: int
     rx_queue: int
+    #: 0 when no process holds the socket any more (an orphan the kernel finishes).
+    inode: int = 0
 
 
 def server_sockets(port: int) -> list[TcpSocket]:
@@ -56,7 +58,7 @@ def server_sockets(port: int) -> list[TcpSocket]:
                 local_port = int(local.rsplit(":", 1)[1], 16)
                 if local_port == port and state != "0A":
                     found.append(TcpSocket(local_port, int(remote.rsplit(":", 1)[1], 16),
-                                           state, int(tx, 16), int(rx, 16)))
+                                           state, int(tx, 16), int(rx, 16), int(fields[9])))
     return found
 
 

@@ -220,3 +220,31 @@ async def test_byte_counts_stay_exact_whatever_forgets_an_event() -> None:
         assert broker.budget.total == sum(t.bytes for t in broker) <= 50_000
     assert broker.sweep(now=float("inf")) == 3  # every thread idle: forgotten
     assert broker.budget.total == 0
+
+
+@pytest.mark.parametrize("how", ["pipelined", "connection-close", "keep-alive"])
+def test_a_client_that_does_not_read_an_ordinary_response_is_reset(how: str) -> None:
+    # Not only streams: uvicorn waits without limit for a response to drain, before
+    # the next pipelined one and in a polite close, and its keep-alive close waits too.
+    with running_bridge(send_timeout=1.0, header_timeout=1.0) as bridge:
+        port = int(bridge.url.rsplit(":", 1)[1])
+        request = get_request("/openapi.json")  # ~27 KB
+        if how == "pipelined":
+            request *= 400  # 11 MB of answers, more than the kernel buffers hold
+        elif how == "connection-close":
+            request = get_request("/openapi.json", extra="Connection: close\r\n")
+        client = tiny_window_client(port, request, rcvbuf=1024)
+        try:
+            wait_for(lambda: (s := server_side_of(port, client)) is not None
+                     and s.tx_queue > 0, 10, "the server to have written")
+
+            def released() -> bool:
+                # Gone, or an orphan that no process holds (after a polite close whose
+                # last bytes the kernel still offers): the bridge keeps nothing of it.
+                found = server_side_of(port, client)
+                return found is None or found.inode == 0
+
+            wait_for(released, 15, "the bridge to let go of the client that does not read")
+            assert not [c for c in bridge.server.server_state.connections]
+        finally:
+            client.close()
