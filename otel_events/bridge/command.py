@@ -4,9 +4,11 @@ drops connections too slow to send their request (slowloris) or to read their st
 
 uvicorn bounds a request head's size (h11: 16 KiB) but not the time it takes, and its
 keep-alive timeout only runs between requests: a client trickling its headers or body a
-byte at a time holds its connection for ever. ``GuardedH11Protocol`` gives each request a
-deadline for its head and one for its body, and lets the application abort a connection
-for real (``ABORT_EXTENSION``: the socket reset and its buffers freed).
+byte at a time holds its connection for ever; and a client that does not read what it
+is sent holds it as long, with the unsent bytes. ``GuardedH11Protocol`` gives each
+request a deadline for its head and one for its body, one to each write, and lets the
+application abort a connection for real (``ABORT_EXTENSION``: the socket reset and its
+buffers freed).
 """
 
 from __future__ import annotations
@@ -72,8 +74,10 @@ class GuardedH11Protocol(H11Protocol):
     The head deadline runs from the connection (or the end of the previous response)
     until the request line and headers are in; the body deadline from then until the
     body is in. A partial head past its deadline gets 408; a body past its deadline gets
-    the connection aborted (the application sees a disconnect). Set the class attributes
-    in a subclass (``create_server`` does).
+    the connection aborted (the application sees a disconnect). The other way round, a
+    write the client does not take within ``send_timeout``, or an answer still unread
+    when the next head is due, resets the connection. Set the class attributes in a
+    subclass (``create_server`` does).
     """
 
     header_timeout: float = 10.0
