@@ -111,7 +111,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("unknown_model", {"unknown_model": [Reply([message("Hi.")])]},
              model="no-such-model"),
     Scenario("sigint", {"sigint": [
-        Reply([call("exec_command", {"cmd": "sleep 5", "yield_time_ms": 30000})]),
+        Reply([call("exec_command", {"cmd": "sleep 60", "yield_time_ms": 90000})]),
         Reply([message("Not reached.")])]},
         on_line=_interrupt_on_command, returncode=1),
     # For `otel-events run`: a command that takes a known time.
