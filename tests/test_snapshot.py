@@ -223,3 +223,30 @@ def test_items_carry_their_span_and_turns_their_detailed_usage() -> None:
                              "cache_write_input_tokens": 3, "reasoning_output_tokens": 1}
     assert state["usage"] == {"input_tokens": 5, "cached_input_tokens": 1,
                               "output_tokens": 2}
+
+
+def test_content_and_its_order_survive_a_checkpoint() -> None:
+    """The Redis broker checkpoints the fold as JSON and folds on from it: content, what
+    was cut, and which content goes first past the budget must come back the same."""
+    from otel_events.bridge.redis import decode_state, encode_state
+
+    events: list[dict[str, object]] = [{"type": "turn.started", "turn_id": "t1"}]
+    for n in range(40):
+        output: object = "x" * 900 if n % 2 else {"rows": list(range(n * 40))}
+        events.append(item_event("item.completed", {"id": f"i{n}", "type": "x",
+                                                    "status": "completed", "output": output}))
+    parsed = [parse_event(event) for event in events]
+    limits = {"max_item_content": 1000, "max_content": 10_000}
+    whole = ThreadSnapshot("th", **limits)
+    for seq, event in enumerate(parsed, 1):
+        whole.apply(event, seq)
+    for cut in (5, 17, 30):
+        resumed = ThreadSnapshot("th", **limits)
+        for seq, event in enumerate(parsed[:cut], 1):
+            resumed.apply(event, seq)
+        restored = decode_state(encode_state(resumed))  # raises if anything is not JSON
+        assert restored.to_dict() == resumed.to_dict()
+        for seq, event in enumerate(parsed[cut:], cut + 1):
+            restored.apply(event, seq)
+        assert restored.to_dict() == whole.to_dict(), cut
+        assert restored.content_size == whole.content_size <= 10_000

@@ -92,7 +92,7 @@ def _bounded(value: Any, room: int) -> tuple[Any, int, bool]:
 class ItemState:
     """One item as last reported."""
 
-    __slots__ = ("completed_at", "content", "content_dropped", "content_size",
+    __slots__ = ("completed_at", "content", "content_at", "content_dropped", "content_size",
                  "description", "duration_ms", "error", "id", "name", "parent_id",
                  "progress", "progress_message", "span_id", "started_at", "status",
                  "trace_id", "truncated", "type", "usage")
@@ -117,6 +117,9 @@ class ItemState:
         self.content: dict[str, Any] = {}
         self.truncated: list[str] = []
         self.content_size = 0
+        #: When the content last came (the thread's count of content updates): the
+        #: oldest goes first when the thread's content passes its budget.
+        self.content_at = 0
         #: The content was let go to keep the thread's state within its budget.
         self.content_dropped = False
 
@@ -235,7 +238,14 @@ class TurnState:
 
 
 class ThreadSnapshot:
-    """Folds one thread's events, in seq order, into its current state."""
+    """Folds one thread's events, in seq order, into its current state.
+
+    Every attribute in ``vars()`` is plain data (the Redis broker checkpoints them as
+    JSON); ``_holders`` is derived from the items (their ``content_at``), so it lives in
+    a slot, out of ``vars()``, and is rebuilt when missing.
+    """
+
+    __slots__ = ("__dict__", "__weakref__", "_holders")
 
     def __init__(self, thread_id: str, max_turns: int = 20, max_items: int = 200,
                  max_item_content: int = 4096, max_content: int = 256 * 1024) -> None:
@@ -244,10 +254,11 @@ class ThreadSnapshot:
         self.max_items = max_items
         self.max_item_content = max_item_content
         self.max_content = max_content
-        # Items holding content, least recently given some first, and their total size:
-        # the oldest let theirs go when the thread's content passes ``max_content``.
-        self._holders: OrderedDict[int, ItemState] = OrderedDict()
+        # Items holding content, least recently given some first (made on first use), and
+        # their total size: the oldest let theirs go past ``max_content``.
+        self._holders: OrderedDict[int, ItemState] | None = None
         self._content_size = 0
+        self._content_clock = 0
         #: Seq of the last event folded in.
         self.seq = 0
         self.started_at: str | None = None
@@ -367,17 +378,30 @@ class ThreadSnapshot:
             state.span_id = event.span_id
         before = state.content_size
         if state.take_content(item, self.max_item_content):
+            holders = self._holder_map()
             self._content_size += state.content_size - before
-            self._holders[id(state)] = state
-            self._holders.move_to_end(id(state))
-            while self._content_size > self.max_content and self._holders:
-                self._release(next(iter(self._holders.values())), dropped=True)
+            self._content_clock += 1
+            state.content_at = self._content_clock
+            holders[id(state)] = state
+            holders.move_to_end(id(state))
+            while self._content_size > self.max_content and holders:
+                self._release(next(iter(holders.values())), dropped=True)
         if state.status == "failed" and not was_failed:
             turn.failed_items += 1
 
+    def _holder_map(self) -> OrderedDict[int, ItemState]:
+        holders = self._holders
+        if holders is None:
+            # Rebuilt from the items (a restored checkpoint has none): oldest first.
+            held = [item for turn in (*self.turns.values(), self.loose)
+                    for item in turn.items.values() if item.content_size]
+            held.sort(key=lambda item: item.content_at)
+            holders = self._holders = OrderedDict((id(item), item) for item in held)
+        return holders
+
     def _release(self, item: ItemState, dropped: bool = False) -> None:
         """Stop counting ``item``'s content (it left the state, or ``dropped`` it)."""
-        if self._holders.pop(id(item), None) is None:
+        if self._holder_map().pop(id(item), None) is None:
             return
         self._content_size -= item.content_size
         if dropped:
