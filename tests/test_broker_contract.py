@@ -305,3 +305,28 @@ async def test_a_thread_limit_refuses_new_threads(make: MakeBroker) -> None:
         await broker.append("c", lines(plain(1)))
     assert (await broker.append("a", lines(plain(1)))).last_seq == 2
     assert await broker.ready()
+
+
+async def test_an_idle_thread_is_forgotten_and_comes_back_in_a_new_epoch(
+        make: MakeBroker) -> None:
+    broker = make(idle_expiry=0.2)
+    await broker.append("idle", lines(plain(2, "item.started")))
+    reader = broker.reader("idle", None)
+    batch = await next_of(reader)
+    assert isinstance(batch, Batch)
+    reader.close()
+    forgotten = 0
+    deadline = time.monotonic() + 10
+    while await broker.snapshot("idle") is not None:  # poll with a deadline
+        assert time.monotonic() < deadline, "the idle thread was never forgotten"
+        await asyncio.sleep(0.05)
+        forgotten += await broker.expire()
+    forgotten += await broker.expire()
+    assert forgotten == 1
+    assert await broker.summaries() == []
+    await broker.append("idle", lines(plain(1, "item.completed")))
+    again = broker.reader("idle", Position(2, batch.epoch))
+    reset = await next_of(again)
+    assert isinstance(reset, Reset) and reset.reason == "epoch_changed"
+    assert reset.epoch != batch.epoch and reset.seq == 1
+    again.close()
