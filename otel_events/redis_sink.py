@@ -92,9 +92,11 @@ def parse_notification(data: bytes) -> tuple[str, int, int, list[tuple[str, byte
     return epoch.decode(), int(first), int(lo), events
 
 
-# Shared by the append and trim scripts: advance ``lo`` for count and age retention and
-# trim the stream physically, never past the checkpoint (the fold needs what follows it).
-# Expects locals: stream, dedup, top, lo, ck, now, retention, age.
+# Shared by the append and trim scripts: advance ``lo`` for count, age and byte retention
+# and trim the stream physically, never past the checkpoint (the fold needs what follows
+# it). Expects locals: stream, dedup, top, lo, ck, now, retention, age, max_bytes,
+# total (bytes of JSON appended in this epoch; each entry's field 'o' is the total
+# before it, so the bytes held from seq s on are total - o(s)).
 TRIM_LUA = """
 local want = top - retention + 1
 if want > lo then lo = want end
@@ -116,6 +118,25 @@ if age > 0 and lo <= top then
     lo = a
   end
 end
+if max_bytes > 0 and lo <= top then
+  local function held(seq)
+    local found = redis.call('XRANGE', stream, seq, seq)
+    if found[1] == nil then return math.huge end
+    local offset = found[1][2][6]
+    if offset == nil then return math.huge end
+    return total - tonumber(offset)
+  end
+  if held(lo) > max_bytes then
+    -- Bytes held shrink as seq grows: the first seq within the bound, by bisection; the
+    -- newest event stays whatever its size (a new client still gets it).
+    local a, b = lo, top
+    while a < b do
+      local mid = math.floor((a + b) / 2)
+      if held(mid) > max_bytes then a = mid + 1 else b = mid end
+    end
+    lo = a
+  end
+end
 if lo > top + 1 then lo = top + 1 end
 local keep = lo
 if ck + 1 < keep then keep = ck + 1 end
@@ -127,17 +148,19 @@ redis.call('ZREMRANGEBYSCORE', dedup, '-inf', '(' .. (top - retention + 1))
 APPEND_LUA = """
 -- KEYS: meta, stream, dedup, checkpoint, registry
 -- ARGV: new epoch, retention count, retention age ms (0: none), ttl ms (0: none),
---       max threads (0: none), thread id, channel, key prefix,
+--       max threads (0: none), thread id, channel, key prefix, retention bytes (0: none),
 --       then per line: type, JSON without its opening brace, dedup member ('': none)
 local meta, stream, dedup, ckpt, registry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local retention, age, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local max_bytes = tonumber(ARGV[9])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local state = redis.call('HMGET', meta, 'epoch', 'top', 'lo', 'ck', 'ms')
+local state = redis.call('HMGET', meta, 'epoch', 'top', 'lo', 'ck', 'ms', 'b')
 local epoch = state[1]
-local top, lo, ck = 0, 1, 0
+local top, lo, ck, total = 0, 1, 0, 0
 if epoch then
   top, lo, ck = tonumber(state[2]), tonumber(state[3]), tonumber(state[4])
+  total = tonumber(state[6]) or 0
   local last = tonumber(state[5])
   if now < last then now = last end
 else
@@ -162,23 +185,25 @@ end
 local first = top + 1
 local marks = {}
 local published = {}
-local n = (#ARGV - 8) / 3
+local n = (#ARGV - 9) / 3
 for i = 1, n do
-  local base = 6 + 3 * i
+  local base = 7 + 3 * i
   local member = ARGV[base + 2]
   if member ~= '' and redis.call('ZSCORE', dedup, member) then
     marks[i] = '1'
   else
     top = top + 1
-    redis.call('XADD', stream, top .. '-' .. now, 't', ARGV[base],
-               'd', '{"seq":' .. top .. ',' .. ARGV[base + 1])
+    local data = '{"seq":' .. top .. ',' .. ARGV[base + 1]
+    redis.call('XADD', stream, top .. '-' .. now, 't', ARGV[base], 'd', data, 'o', total)
+    total = total + #data
     if member ~= '' then redis.call('ZADD', dedup, top, member) end
     marks[i] = '0'
-    published[#published + 1] = ARGV[base] .. ' {"seq":' .. top .. ',' .. ARGV[base + 1]
+    published[#published + 1] = ARGV[base] .. ' ' .. data
   end
 end
 """ + TRIM_LUA + """
-redis.call('HSET', meta, 'epoch', epoch, 'top', top, 'lo', lo, 'ck', ck, 'ms', now)
+redis.call('HSET', meta, 'epoch', epoch, 'top', top, 'lo', lo, 'ck', ck, 'ms', now,
+           'b', total)
 if ttl > 0 then
   redis.call('PEXPIRE', meta, ttl)
   redis.call('PEXPIRE', stream, ttl)
@@ -208,14 +233,16 @@ def assigned_seqs(reply: Any) -> list[int]:
 
 def append_args(prefix: str, thread_id: str, retention_count: int,
                 retention_age: float | None, idle_expiry: float | None, max_threads: int,
-                lines: list[tuple[str, bytes, str | None]]) -> tuple[list[str], list[Any]]:
+                lines: list[tuple[str, bytes, str | None]],
+                retention_bytes: int | None = None) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of ``APPEND_LUA`` for ``lines`` of (type, rest, dedup member)."""
     keys = [*stream_keys(prefix, thread_id), registry_key(prefix)]
     args: list[Any] = [
         new_epoch(), retention_count,
         0 if retention_age is None else max(1, int(retention_age * 1000)),
         0 if idle_expiry is None else max(1, int(idle_expiry * 1000)),
-        max_threads, thread_id, channel_name(prefix, thread_id), prefix]
+        max_threads, thread_id, channel_name(prefix, thread_id), prefix,
+        retention_bytes or 0]
     for kind, rest, member in lines:
         args += [kind, rest, member or ""]
     return keys, args
@@ -241,6 +268,7 @@ class RedisSink:
         prefix: str = "otel-events",
         retention_count: int = 4096,
         retention_age: float | None = 3600.0,
+        retention_bytes: int | None = 64 * 1024 * 1024,
         idle_expiry: float | None = 3600.0,
         max_threads: int = 10_000,
         max_batch: int = 1000,
@@ -253,6 +281,7 @@ class RedisSink:
         self.prefix = prefix
         self.retention_count = retention_count
         self.retention_age = retention_age
+        self.retention_bytes = retention_bytes
         self.idle_expiry = idle_expiry
         self.max_threads = max_threads
         self.max_batch = max_batch
@@ -352,7 +381,7 @@ class RedisSink:
                 producer_seq if isinstance(producer_seq, int) else None, rest)))
         keys, args = append_args(self.prefix, thread_id, self.retention_count,
                                  self.retention_age, self.idle_expiry, self.max_threads,
-                                 lines)
+                                 lines, self.retention_bytes)
         self.requests += 1
         try:
             result = self._script(keys=keys, args=args)

@@ -330,3 +330,39 @@ async def test_an_idle_thread_is_forgotten_and_comes_back_in_a_new_epoch(
     assert isinstance(reset, Reset) and reset.reason == "epoch_changed"
     assert reset.epoch != batch.epoch and reset.seq == 1
     again.close()
+
+
+async def test_byte_retention_keeps_what_fits_and_always_the_newest(make: MakeBroker) -> None:
+    events = [{"type": "item.completed", "item": {"id": f"i{n}", "type": "reasoning",
+                                                  "text": "x" * (40 * n)}}
+              for n in range(1, 9)]
+    reference = make()
+    await reference.append("ref", lines(events, "ref"))
+    reader = reference.reader("ref", None)
+    sizes = {entry.seq: len(entry.json) for entry in
+             (await next_of(reader)).entries}  # type: ignore[union-attr]
+    reader.close()
+    limit = sizes[8] + sizes[7] + sizes[6] + 10  # the last three fit, not the fourth
+    broker = make(retention_bytes=limit)
+    appended = await broker.append("th", lines(events))
+    assert appended.last_seq == 8
+    probe = broker.reader("th", None)
+    reset = await next_of(probe)
+    assert isinstance(reset, Reset) and reset.reason == "history_expired"
+    probe.close()
+    held = broker.reader("th", Position(5, reset.epoch))
+    assert await read_seqs(held, 3) == [6, 7, 8]
+    held.close()
+    gone = broker.reader("th", Position(4, reset.epoch))
+    got = await next_of(gone)
+    assert isinstance(got, Reset) and got.reason == "cursor_expired"
+    gone.close()
+    # One event over the bound alone: it stays, the rest goes.
+    await broker.append("th", lines([{"type": "error", "message": "y" * (limit + 1)}]))
+    newest = broker.reader("th", Position(8, reset.epoch))
+    assert await read_seqs(newest, 1) == [9]
+    newest.close()
+    older = broker.reader("th", Position(7, reset.epoch))
+    got = await next_of(older)
+    assert isinstance(got, Reset) and got.reason == "cursor_expired"
+    older.close()

@@ -124,12 +124,14 @@ _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 # -- Lua -------------------------------------------------------------------------------
 
 _TRIM_SCRIPT_LUA = """
--- KEYS: meta, stream, dedup. ARGV: retention count, retention age ms, channel.
+-- KEYS: meta, stream, dedup. ARGV: retention count, retention age ms, channel,
+-- retention bytes (0: none).
 local meta, stream, dedup = KEYS[1], KEYS[2], KEYS[3]
-local retention, age = tonumber(ARGV[1]), tonumber(ARGV[2])
-local state = redis.call('HMGET', meta, 'epoch', 'top', 'lo', 'ck')
+local retention, age, max_bytes = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+local state = redis.call('HMGET', meta, 'epoch', 'top', 'lo', 'ck', 'b')
 if not state[1] then return 0 end
 local top, lo, ck = tonumber(state[2]), tonumber(state[3]), tonumber(state[4])
+local total = tonumber(state[5]) or 0
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 """ + TRIM_LUA + """
@@ -482,6 +484,7 @@ class RedisBroker:
         prefix: str = "otel-events",
         retention_count: int = 4096,
         retention_age: float | None = None,
+        retention_bytes: int | None = None,
         idle_expiry: float | None = 3600.0,
         max_threads: int = 10_000,
         max_turns: int = 20,
@@ -495,6 +498,8 @@ class RedisBroker:
         self.prefix = prefix
         self.retention_count = retention_count
         self.retention_age = retention_age
+        #: Bytes of event JSON kept for replay per thread (the newest event always stays).
+        self.retention_bytes = retention_bytes
         self.idle_expiry = idle_expiry
         self.max_threads = max_threads
         self.max_turns = max_turns
@@ -532,8 +537,10 @@ class RedisBroker:
     def from_settings(cls, settings: BridgeSettings) -> RedisBroker:
         assert settings.broker_url is not None
         return cls(settings.broker_url, retention_count=settings.retention_count,
-                   retention_age=settings.retention_age, idle_expiry=settings.idle_expiry,
-                   max_threads=settings.max_threads, batch=settings.batch)
+                   retention_age=settings.retention_age,
+                   retention_bytes=settings.retention_bytes,
+                   idle_expiry=settings.idle_expiry, max_threads=settings.max_threads,
+                   batch=settings.batch)
 
     # -- keys --------------------------------------------------------------------------
 
@@ -566,7 +573,7 @@ class RedisBroker:
         keys, args = append_args(
             self.prefix, thread_id, self.retention_count, self.retention_age,
             self.idle_expiry, self.max_threads,
-            [_line(line, thread_id) for line in lines])
+            [_line(line, thread_id) for line in lines], self.retention_bytes)
         try:
             result = await self._append_script(keys=keys, args=args)
         except _UNREACHABLE as exc:
@@ -676,7 +683,8 @@ class RedisBroker:
                         meta, stream, dedup, _ = self._keys(thread_id)
                         await self._trim_script(keys=[meta, stream, dedup],
                                                 args=[self.retention_count, age_ms,
-                                                      self._key(thread_id, "n")],
+                                                      self._key(thread_id, "n"),
+                                                      self.retention_bytes or 0],
                                                 client=pipe)
                 await pipe.execute()
         return forgotten
