@@ -3,17 +3,19 @@
 Per thread (keys share the hash tag ``{thread_id}``):
 
 * ``<prefix>:{t}:m``, a hash: ``epoch``, ``top`` (last seq), ``lo`` (first seq held for
-  replay), ``ck`` (seq of the checkpoint), ``ms`` (last arrival, Redis clock).
-* ``<prefix>:{t}:s``, the stream: entry id ``<seq>-<arrival ms>``, fields ``t`` (type)
-  and ``d`` (the event's JSON with the bridge's seq). Ids lead with the seq so a
-  resume is one ``XRANGE`` from ``seq + 1``; the arrival time in the id's second part is
-  what age retention reads.
+  replay), ``ck`` (seq of the checkpoint), ``ms`` (last arrival, Redis clock), ``b``
+  (bytes of JSON appended in this epoch).
+* ``<prefix>:{t}:s``, the stream: entry id ``<seq>-<arrival ms>``, fields ``t`` (type),
+  ``d`` (the event's JSON with the bridge's seq) and ``o`` (``b`` before it). Ids lead
+  with the seq so a resume is one ``XRANGE`` from ``seq + 1``; the arrival time in the
+  id's second part is what age retention reads, ``o`` what byte retention reads.
 * ``<prefix>:{t}:d``, a sorted set: producer lines accepted recently (``pseq:digest``,
   scored by the bridge seq they got), the de-duplication window.
 * ``<prefix>:{t}:k``: the checkpoint, the thread's folded state as of seq ``ck``.
 * ``<prefix>:threads``, a sorted set of thread ids scored by creation time: the
   registry behind ``GET /v1/threads`` (oldest first, as in memory) and the thread limit.
-* Channel ``<prefix>:{t}:n``: ``epoch:top`` published on every append.
+* Channel ``<prefix>:{t}:n``: every append publishes ``epoch first lo`` and then each
+  event it numbered (type and JSON, one a line).
 
 The layout and the append script are defined in ``otel_events.redis_sink``, shared
 with ``RedisSink`` (an emitter writing here directly).
@@ -39,13 +41,14 @@ the stream is never trimmed past the checkpoint (replay still honours the retent
 through ``lo``), and any replica gets the state as checkpoint + the tail after it. The
 fold is deterministic, so every replica answers alike.
 
-**Fan-out.** Each replica reads each thread that has readers on it once: a
-subscription to the thread's channel marks it dirty, and one ``XRANGE`` from the
-replica's position fetches whatever arrived (notifications coalesce under load). The
-entries go into a local ``EventLog`` mirror of the retained window, which every local
-reader follows with a cursor, so the per-reader cost and the overflow policy are the
-memory broker's. One pub/sub connection serves every watched thread (``XREAD BLOCK``
-would hold a connection per thread).
+**Fan-out.** Each replica reads each thread that has readers on it once: it subscribes
+to the thread's channel, and a notification that follows on from its mirror is appended
+as it comes (the events travel in it, as in Centrifugo's engine); otherwise (a new
+subscription, a reconnection, events missed) one ``XRANGE`` from the mirror's position
+fetches whatever is held. The mirror is a local ``EventLog`` of the retained window,
+which every local reader follows with a cursor, so the per-reader cost and the overflow
+policy are the memory broker's. One pub/sub connection serves every watched thread
+(``XREAD BLOCK`` would hold a connection per thread, and a read per batch).
 
 **Faults.** Redis unreachable: ``append`` raises ``BrokerUnavailable`` (the routes answer
 503 with ``Retry-After``), ``ready()`` is false, and readers stay parked (their SSE
