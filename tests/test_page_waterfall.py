@@ -107,14 +107,24 @@ def test_a_running_bar_grows_between_frames(page: Any, bridge: Bridge) -> None:
         " > w + 3", arg=first)
     # It ends at now, drawn as a line on the axis, which keeps some room ahead of now;
     # the finished bar keeps its duration as a share of the axis.
-    lane, running = track(page), bar(page, "run")
-    now_line = box(page, '.turn[data-turn-id="t"] .now-line')
+    # One read of all three in one frame: the axis moves on while the test reads.
+    lane, running, now_line = page.evaluate(
+        """() => ['.turn[data-turn-id="t"] .item .track',
+                  '.turn[data-turn-id="t"] [data-bar-for="run"]',
+                  '.turn[data-turn-id="t"] .now-line'].map(s => {
+            const r = document.querySelector(s).getBoundingClientRect();
+            return {x: r.left, width: r.width};
+        })""")
     assert abs(running["x"] + running["width"] - now_line["x"]) <= 1.5
     assert lane["x"] + lane["width"] * 0.7 < now_line["x"] < lane["x"] + lane["width"]
-    done = bar(page, "done")
-    span = page.evaluate("() => Number(getComputedStyle(document.querySelector("
-                         "'.turn .waterfall')).getPropertyValue('--span'))")
-    assert abs(done["width"] - 400 * lane["width"] / span) <= 1.5
+    done, span, width = page.evaluate(
+        """() => [document.querySelector('.turn[data-turn-id="t"] [data-bar-for="done"]')
+                      .getBoundingClientRect().width,
+                  Number(getComputedStyle(document.querySelector('.turn .waterfall'))
+                      .getPropertyValue('--span')),
+                  document.querySelector('.turn[data-turn-id="t"] .item .track')
+                      .getBoundingClientRect().width]""")
+    assert abs(done - 400 * width / span) <= 1.5
     # The turn ends: the bar stops at the turn's end (marked as never ended).
     bridge.post("th", Turn("t", base).end(3000).events)
     page.wait_for_selector('.turn[data-turn-id="t"][data-status="completed"]')
