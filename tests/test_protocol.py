@@ -175,3 +175,14 @@ _events = st.one_of(
 @given(_events)
 def test_round_trip_property(event: dict[str, Any]) -> None:
     assert roundtrip(event) == event
+
+
+def test_every_codex_line_is_valid_against_the_printed_schema() -> None:
+    import jsonschema
+    validator = jsonschema.Draft202012Validator(event_json_schema())
+    from tests.conftest import FIXTURES
+
+    lines = (FIXTURES / "codex-exec-sample.jsonl").read_text().splitlines()
+    for line in lines:
+        # A known event matches its own model and the catch-all: "any of", never "one of".
+        validator.validate(json.loads(line))
