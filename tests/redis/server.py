@@ -50,16 +50,19 @@ class RedisServer:
     and directory, so with ``persist=True`` the data survives (append-only file, fsync
     on every write)."""
 
-    def __init__(self, binary: str, directory: Path, persist: bool = False) -> None:
+    def __init__(self, binary: str, directory: Path, persist: bool = False,
+                 password: str | None = None) -> None:
         self.binary = binary
         self.directory = directory
         self.persist = persist
+        self.password = password
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 15.0) -> None:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
@@ -68,6 +71,8 @@ class RedisServer:
                 "--appendonly", "yes" if self.persist else "no"]
         if self.persist:
             args += ["--appendfsync", "always"]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         self._wait_ready(timeout)
@@ -75,7 +80,8 @@ class RedisServer:
     def _wait_ready(self, timeout: float) -> None:
         import redis
 
-        client = redis.Redis(port=self.port, socket_timeout=1.0, socket_connect_timeout=1.0)
+        client = redis.Redis(port=self.port, password=self.password, socket_timeout=1.0,
+                             socket_connect_timeout=1.0)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -117,7 +123,7 @@ class RedisServer:
     def client(self) -> object:
         import redis
 
-        return redis.Redis(port=self.port, socket_timeout=5.0)
+        return redis.Redis(port=self.port, password=self.password, socket_timeout=5.0)
 
 
 def run_server(tmp: Path, persist: bool = False) -> Iterator[RedisServer]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from pathlib import Path
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -14,7 +16,7 @@ from otel_events.bridge.redis import RedisBroker, decode_state, encode_state
 from otel_events.bridge.snapshot import ThreadSnapshot
 from otel_events.protocol import parse_event
 from tests.bridge_support import turn_events
-from tests.redis.server import RedisServer
+from tests.redis.server import RedisServer, require_redis_server
 from tests.test_broker_contract import lines, next_of, plain, read_seqs
 
 
@@ -158,3 +160,21 @@ async def test_a_reader_open_across_a_flush_gets_the_new_epoch_as_a_reset(
         fresh.close()
     finally:
         await broker.aclose()
+
+
+async def test_a_password_in_the_url_is_used_and_a_wrong_one_is_unavailable(
+        tmp_path: Path) -> None:
+    server = RedisServer(require_redis_server(), tmp_path, password="s3cret/+")
+    server.start()
+    right = RedisBroker(f"redis://:{quote('s3cret/+', safe='')}@127.0.0.1:{server.port}/0")
+    wrong = RedisBroker(f"redis://:nope@127.0.0.1:{server.port}/0")
+    try:
+        assert (await right.append("th", lines(plain(1)))).last_seq == 1
+        assert await right.ready()
+        with pytest.raises(BrokerUnavailable):
+            await wrong.append("th", lines(plain(1)))
+        assert not await wrong.ready()
+    finally:
+        await right.aclose()
+        await wrong.aclose()
+        server.stop()
