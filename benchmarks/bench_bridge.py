@@ -121,14 +121,13 @@ def build_app(variant: str, retention: int) -> Any:
         async def batched() -> StreamingResponse:
             return StreamingResponse(batched_stream(), media_type="text/event-stream")
 
-    def publish_one(n: int, event: dict[str, Any]) -> None:
+    async def publish_one(n: int, event: dict[str, Any]) -> None:
         if variant == "bridge":
-            # What the ingest endpoint does with a line once it has the body.
+            # What the ingest endpoint does with a line once it has the body: check it,
+            # then append it through the broker (numbering, log, state fold).
             event["thread_id"] = current["thread"]
-            thread = registry.get_or_create(current["thread"])
-            batch = parse_batch(orjson.dumps(event), "application/x-ndjson", thread.thread_id)
-            for line in batch.events:
-                thread.publish(line.event, line.digest, line.raw)
+            batch = parse_batch(orjson.dumps(event), "application/x-ndjson", current["thread"])
+            await registry.append(current["thread"], batch.events)
         elif variant == "sse-starlette":
             for queue in queues:
                 queue.put_nowait((n, event))
@@ -146,7 +145,7 @@ def build_app(variant: str, retention: int) -> Any:
                 event = make_event(n, kind)
                 if interval:
                     event["sent_ns"] = time.time_ns()
-                publish_one(n, event)
+                await publish_one(n, event)
             await asyncio.sleep(interval)
 
     @app.get("/bench/readers")
@@ -350,11 +349,13 @@ def publisher_cost(count: int = 20_000) -> tuple[float, float]:
     return bridge, bare
 
 
-def main() -> None:
+def main(part: str = "all") -> None:
+    if part == "latency":
+        print_latency(measure_latency())
+        return
     counts = {1: 20_000, 10: 5_000, 100: 1_000}
     repeats = 3
     rates: dict[tuple[str, int], list[float]] = {}
-    latencies: dict[tuple[str, int], list[int]] = {}
     memory: dict[str, tuple[list[int], int]] = {}
     # Variants take turns within each repetition, so a change in the machine's load
     # (it may be shared) falls on all of them alike.
@@ -370,23 +371,7 @@ def main() -> None:
         for server in servers.values():
             server.stop()
     throughput = {key: statistics.median(values) for key, values in rates.items()}
-    # Latency on fresh servers with the default retention (4096). The event is stamped
-    # before the bridge's ingest work (JSON, checks, validation), which is counted in.
-    servers = {variant: Server(variant, retention=4096) for variant in VARIANTS}
-    try:
-        for _ in range(2):
-            for clients in (1, 10):
-                for variant, server in servers.items():
-                    _, _, lat = run_clients(server.port, server.path(), clients, 1000,
-                                            interval=0.002)
-                    latencies.setdefault((variant, clients), []).extend(lat)
-    finally:
-        for server in servers.values():
-            server.stop()
-    latency = {}
-    for key, values in latencies.items():
-        values.sort()
-        latency[key] = (values[len(values) // 2] / 1e6, values[int(len(values) * 0.99)] / 1e6)
+    latency = measure_latency()
     for variant in VARIANTS:
         server = Server(variant, retention=4096)
         try:
@@ -409,13 +394,7 @@ def main() -> None:
         print(f"{clients:>11} " + " ".join(f"{r:>14,.0f}" for r in row)
               + f"   {row[0] / row[1]:>20.2f}x {row[0] / row[2]:>11.2f}x"
               f" {row[0] / row[3]:>19.2f}x")
-    print("\nPublish-to-receipt latency, one event every 2 ms, ms (p99 ratio to sse-starlette)")
-    for clients in (1, 10):
-        base = latency["sse-starlette", clients][1]
-        print(f"  {clients} subscriber(s)")
-        for variant in VARIANTS:
-            p50, p99 = latency[variant, clients]
-            print(f"  {variant:>15}: p50 {p50:6.2f}  p99 {p99:6.2f}  ({p99 / base:.2f}x)")
+    print_latency(latency)
     print("\nServer RSS growth while 100,000 events flow past one stalled subscriber "
           "(one other subscriber reading), MiB after 25k / 50k / 75k / 100k events")
     for variant in VARIANTS:
@@ -423,13 +402,49 @@ def main() -> None:
         print(f"  {variant:>13}: " + " / ".join(f"{g / 2**20:6.1f}" for g in growth)
               + f"   (reader got {got:,} events)")
 
+def measure_latency(rounds: int = 2) -> dict[tuple[str, int], tuple[float, float]]:
+    """p50 and p99 publish-to-receipt, ms, on fresh servers with the default retention.
+
+    The event is stamped before the bridge's ingest work (JSON, checks, validation),
+    which is counted in.
+    """
+    latencies: dict[tuple[str, int], list[int]] = {}
+    servers = {variant: Server(variant, retention=4096) for variant in VARIANTS}
+    try:
+        for _ in range(rounds):
+            for clients in (1, 10):
+                for variant, server in servers.items():
+                    _, _, lat = run_clients(server.port, server.path(), clients, 1000,
+                                            interval=0.002)
+                    latencies.setdefault((variant, clients), []).extend(lat)
+    finally:
+        for server in servers.values():
+            server.stop()
+    latency = {}
+    for key, values in latencies.items():
+        values.sort()
+        latency[key] = (values[len(values) // 2] / 1e6, values[int(len(values) * 0.99)] / 1e6)
+    return latency
+
+
+def print_latency(latency: dict[tuple[str, int], tuple[float, float]]) -> None:
+    print("\nPublish-to-receipt latency, one event every 2 ms, ms (p99 ratio to sse-starlette)")
+    for clients in (1, 10):
+        base = latency["sse-starlette", clients][1]
+        print(f"  {clients} subscriber(s)")
+        for variant in VARIANTS:
+            p50, p99 = latency[variant, clients]
+            print(f"  {variant:>15}: p50 {p50:6.2f}  p99 {p99:6.2f}  ({p99 / base:.2f}x)")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--serve")
     parser.add_argument("--port", type=int)
     parser.add_argument("--retention", type=int, default=4096)
+    parser.add_argument("--part", choices=("all", "latency"), default="all")
     options = parser.parse_args()
     if options.serve:
         serve(options.serve, options.port, options.retention)
     else:
-        main()
+        main(options.part)

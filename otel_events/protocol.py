@@ -331,9 +331,9 @@ def encode_event(event: Event) -> bytes:
     return orjson.dumps({"type": event.type, **event.model_dump(mode="json", exclude_unset=True)})
 
 
-def event_json_schema() -> dict[str, Any]:
-    """JSON Schema of one line of the protocol."""
-    schema = EVENT_ADAPTER.json_schema()
+def event_json_schema(ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+    """JSON Schema of one line of the protocol (``ref_template`` as pydantic takes it)."""
+    schema = EVENT_ADAPTER.json_schema(ref_template=ref_template)
     # ``UnknownEvent`` takes any type a newer producer may send, so a known event matches
     # its own model and that one too: "one of" would reject every known event.
     if "oneOf" in schema:

@@ -221,21 +221,20 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """The OpenAPI document, with the protocol's event schema as ``ProtocolEvent``."""
     if app.openapi_schema is None:
-        from otel_events.protocol import EVENT_ADAPTER
+        from otel_events.protocol import event_json_schema
 
         document = get_openapi(title=app.title, version=app.version, summary=app.summary,
                                routes=app.routes)
-        event = EVENT_ADAPTER.json_schema(ref_template="#/components/schemas/{model}")
+        event = event_json_schema(ref_template="#/components/schemas/{model}")
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
         for name, schema in event.pop("$defs", {}).items():
             if name in schemas:  # pragma: no cover - a protocol model named like an API one
                 raise RuntimeError(f"OpenAPI component {name} defined twice")
             schemas[name] = schema
         # The protocol's union is told apart by a function, which JSON Schema cannot say,
-        # and its UnknownEvent takes any type: as ``oneOf`` no known event would match
-        # exactly one branch. ``anyOf`` is what the bridge accepts.
+        # and its UnknownEvent takes any type: ``anyOf`` (see event_json_schema).
         schemas["ProtocolEvent"] = {"title": "otel-events protocol event",
-                                    "anyOf": event.pop("oneOf")}
+                                    "anyOf": event.pop("anyOf")}
         app.openapi_schema = document
     return app.openapi_schema
 

@@ -48,6 +48,10 @@ FELL_BEHIND = "fell_behind"
 HISTORY_EXPIRED = "history_expired"
 
 
+# Most accepted events a thread holds before folding them into its state.
+_MAX_UNFOLDED = 64
+
+
 def valid_thread_id(thread_id: str) -> bool:
     return _THREAD_ID.match(thread_id) is not None
 
@@ -80,7 +84,10 @@ class MemoryThread:
         self.thread_id = thread_id
         self.epoch = new_epoch()
         self.log = EventLog(capacity)
-        self.snapshot = ThreadSnapshot(thread_id, max_turns=max_turns)
+        self._snapshot = ThreadSnapshot(thread_id, max_turns=max_turns)
+        # Accepted events not folded into the snapshot yet: the fold waits until the
+        # readers have their batch (see MemoryBroker.append), or until someone asks.
+        self._unfolded: list[tuple[Event, int]] = []
         self.max_age = max_age
         #: Bytes of event JSON this thread holds for replay, and their bound.
         self.bytes = 0
@@ -138,7 +145,9 @@ class MemoryThread:
         log.append(event.type, data)
         self.bytes += len(data)
         self._budget.total += len(data)
-        self.snapshot.apply(event, seq)
+        self._unfolded.append((event, seq))
+        if len(self._unfolded) >= _MAX_UNFOLDED:  # bounded, whoever publishes
+            self.fold()
         now = time.monotonic()
         self.last_active = now
         if self.max_age is not None:
@@ -190,6 +199,20 @@ class MemoryThread:
             keep_from = arrivals.popleft()[1] + 1
         if keep_from:
             self.forget_before(keep_from)
+
+    @property
+    def snapshot(self) -> ThreadSnapshot:
+        """The thread's state, with every accepted event folded in."""
+        self.fold()
+        return self._snapshot
+
+    def fold(self) -> None:
+        """Fold the accepted events the snapshot has not seen yet."""
+        if self._unfolded:
+            pending, self._unfolded = self._unfolded, []
+            apply = self._snapshot.apply
+            for event, seq in pending:
+                apply(event, seq)
 
     def snapshot_json(self) -> bytes:
         """The folded state as JSON, encoded once per seq."""
@@ -384,6 +407,14 @@ class MemoryBroker:
                 last_seq = seq
             if self.budget.over:
                 self.enforce_budget()
+        if accepted:
+            # The readers first, the fold after: appending woke them through one loop
+            # callback; two loop turns let it run and the woken readers send their batch
+            # before this request folds the events into the thread's state (the state is
+            # folded on demand too, so a reset or a GET never sees it stale).
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            thread.fold()
         return Appended(accepted, duplicates, last_seq)
 
     def reader(self, thread_id: str, position: Position | None) -> MemoryReader:
