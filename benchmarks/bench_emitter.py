@@ -1,38 +1,46 @@
 """Emitter benchmarks, each a ratio against a baseline measured in the same run.
 
 1. Cost per item (start + complete: one span, two events, one subscriber draining)
-   against a bare OpenTelemetry SDK span with the same attributes. Target: <= 1.5x.
-2. Time inside emitter calls per item with 100 subscribers against 1. Target: <= 1.2x.
+   against a bare OpenTelemetry SDK span with the same attributes, without and with a
+   JSONL sink attached. Target: <= 1.3x. CPU time of the whole process
+   (``time.process_time``: the span processor's export thread and the sink's writer
+   thread count, and each sample ends once they have done their part), and callgrind's
+   instruction counts beside when valgrind is installed.
+2. Time inside emitter calls per item with 100 subscribers against 1 (the calling
+   thread's CPU time: what publishing costs the agent). Target: <= 1.2x.
 3. Deliveries per second to 100 subscribers against the seed's algorithm. Target: >= 2x.
 
-Rounds are interleaved (A, B, A, B...) and the median taken, so drift hits both sides.
-Times are the CPU time of the benchmark's thread (``time.thread_time``), which holds the
-event loop, the emitter and its subscribers: other processes on the machine do not count,
-and neither does the span processor's export thread (off the hot path for both sides).
-Run: ``make bench`` (or ``python benchmarks/bench_emitter.py --quick``).
+Rounds are interleaved (A, B, C, then B, C, A...) and the median of the per-round ratios
+taken, so drift hits every side (see ``measure.py``).
+Run: ``make bench`` (or ``python benchmarks/bench_emitter.py --quick``; ``--no-callgrind``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+import orjson
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import NoOpTracerProvider
+from opentelemetry.trace import NoOpTracerProvider, set_span_in_context
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import callgrind_available, callgrind_per_op, interleave, python_argv, ratio
 from seed_emitter import SeedEmitter
 
-from otel_events import EventEmitter
+from otel_events import EventEmitter, JsonlSink
 
 OUTPUT = {"rows": 3, "total": 1234.5}
 BATCH = 50  # items between yields to the event loop (readers drain per batch)
+ITEM_VARIANTS = ("bare", "emitter", "emitter+jsonl")
 
 
 class NullExporter(SpanExporter):
@@ -51,16 +59,11 @@ async def drain(sub: object, counter: list[int]) -> None:
         counter[0] += 1
 
 
-async def bare_span_items(tp: TracerProvider, n: int) -> float:
+async def bare_span_items(tp: TracerProvider, n: int) -> None:
     """Baseline for 1: the span the emitter makes for an item, with the same attributes."""
     tracer = tp.get_tracer("bench")
     parent = tracer.start_span("invoke_agent bench")
-    from opentelemetry.trace import set_span_in_context
-
     ctx = set_span_in_context(parent)
-    import orjson
-
-    start = time.thread_time()
     for i in range(n):
         span = tracer.start_span("execute_tool sqlite", context=ctx, attributes={
             "otel_events.item.id": f"item_{i}", "otel_events.item.type": "sql_execution",
@@ -74,21 +77,20 @@ async def bare_span_items(tp: TracerProvider, n: int) -> float:
         span.end()
         if i % BATCH == 0:
             await asyncio.sleep(0)
-    elapsed = time.thread_time() - start
     parent.end()
-    return elapsed / n
 
 
 async def emitter_items(tp: TracerProvider, n: int, subscribers: int,
-                        inside_only: bool = False) -> float:
-    """Per item: wall time with readers draining (or only the time inside emitter calls)."""
-    em = EventEmitter("bench", "bench", tracer_provider=tp, buffer_size=1 << 14)
+                        jsonl: str | None = None) -> float:
+    """Items with readers draining; returns the calling thread's CPU time inside the
+    emitter's calls, per item."""
+    sinks = [JsonlSink(jsonl)] if jsonl is not None else []
+    em = EventEmitter("bench", "bench", tracer_provider=tp, buffer_size=1 << 14, sinks=sinks)
     counter = [0]
     readers = [asyncio.create_task(drain(em.subscribe(), counter)) for _ in range(subscribers)]
     await asyncio.sleep(0)
     turn = em.turn()
     inside = 0.0
-    start = time.thread_time()
     for i in range(n):
         t0 = time.thread_time()
         item = turn.item("sql_execution", "Running the revenue query", name="sqlite")
@@ -97,12 +99,31 @@ async def emitter_items(tp: TracerProvider, n: int, subscribers: int,
         if i % BATCH == 0:
             await asyncio.sleep(0)
     turn.complete()
-    em.close()
+    em.close()  # joins the sink's thread: its writing is counted
     await asyncio.gather(*readers)
-    elapsed = time.thread_time() - start
     expected = subscribers * (2 * n + 3)
     assert counter[0] == expected, (counter[0], expected)
-    return (inside if inside_only else elapsed) / n
+    return inside / n
+
+
+def run_items(variant: str, tp: TracerProvider, n: int, jsonl: str) -> None:
+    if variant == "bare":
+        asyncio.run(bare_span_items(tp, n))
+    else:
+        asyncio.run(emitter_items(tp, n, 1, jsonl if variant == "emitter+jsonl" else None))
+    tp.force_flush()  # the export thread's share of these items
+
+
+def item_cpu(variant: str, tp: TracerProvider, n: int, jsonl: str) -> float:
+    """CPU seconds of the whole process per item."""
+    start = time.process_time()
+    run_items(variant, tp, n, jsonl)
+    return (time.process_time() - start) / n
+
+
+def item_instructions(variant: str) -> float:
+    return callgrind_per_op(
+        lambda n: python_argv(__file__, "--items", variant, str(n)), 1000, 3000)
 
 
 async def seed_deliveries(n_items: int, subscribers: int) -> float:
@@ -118,14 +139,14 @@ async def seed_deliveries(n_items: int, subscribers: int) -> float:
             done[0] += 1
 
     tasks = [asyncio.create_task(reader(q)) for q in queues]
-    start = time.thread_time()
+    start = time.process_time()
     for i in range(n_items):
         item_id = await em.start_item("sql_execution", "Running the revenue query")
         await em.complete_item(item_id, OUTPUT)
         if i % BATCH == 0:
             await asyncio.sleep(0)
     await asyncio.gather(*tasks)
-    return done[0] / (time.thread_time() - start)
+    return done[0] / (time.process_time() - start)
 
 
 async def our_deliveries(tp: TracerProvider | NoOpTracerProvider, n_items: int,
@@ -141,7 +162,7 @@ async def our_deliveries(tp: TracerProvider | NoOpTracerProvider, n_items: int,
     tasks = [asyncio.create_task(reader(em.subscribe())) for _ in range(subscribers)]
     await asyncio.sleep(0)
     turn = em.turn()
-    start = time.thread_time()
+    start = time.process_time()
     for i in range(n_items):
         turn.item("sql_execution", "Running the revenue query", name="sqlite").complete(OUTPUT)
         if i % BATCH == 0:
@@ -149,16 +170,12 @@ async def our_deliveries(tp: TracerProvider | NoOpTracerProvider, n_items: int,
     turn.complete()
     em.close()
     await asyncio.gather(*tasks)
-    return done[0] / (time.thread_time() - start)
+    return done[0] / (time.process_time() - start)
 
 
-async def interleave(rounds: int, a: Callable[[], Awaitable[float]],
-                     b: Callable[[], Awaitable[float]]) -> tuple[float, float, float]:
-    """Medians of A and of B, and the median of the per-round ratios A/B.
-
-    The machine's speed drifts (a shared host): a ratio taken within one round, A and B
-    back to back in alternating order, is far steadier than a ratio of two medians.
-    """
+async def interleave_async(rounds: int, a: Callable[[], Awaitable[float]],
+                           b: Callable[[], Awaitable[float]]) -> tuple[float, float, float]:
+    """Medians of A and of B, and the median of the per-round ratios A/B."""
     xs, ys, ratios = [], [], []
     for i in range(rounds):
         if i % 2:
@@ -175,20 +192,36 @@ def verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
-async def main(quick: bool) -> None:
-    rounds, n = (5, 1000) if quick else (21, 2000)
+def per_item(rounds: int, n: int, callgrind: bool) -> None:
     tp = provider()
-    await emitter_items(tp, 500, 1)  # warm-up: imports, caches
-    await bare_span_items(tp, 500)
+    with tempfile.TemporaryDirectory() as tmp:
+        jsonl = os.path.join(tmp, "events.jsonl")
+        for variant in ITEM_VARIANTS:  # warm-up: imports, caches, first-use paths
+            run_items(variant, tp, 500, jsonl)
+        samples = interleave(rounds, {v: (lambda v=v: item_cpu(v, tp, n, jsonl))
+                                      for v in ITEM_VARIANTS})
+    tp.shutdown()
+    counts = {v: item_instructions(v) for v in ITEM_VARIANTS} if callgrind else {}
+    bare = statistics.median(samples["bare"])
+    print(f"1. per item (one span, two events, one subscriber draining), process CPU time: "
+          f"bare SDK span {bare * 1e6:.1f} us"
+          + (f" ({counts['bare'] / 1e3:.0f}K instructions)" if counts else ""))
+    for variant in ("emitter", "emitter+jsonl"):
+        r = ratio(samples, variant, "bare")
+        line = (f"   {variant:14s} {statistics.median(samples[variant]) * 1e6:6.1f} us -> "
+                f"{r:.2f}x (target <= 1.3x: {verdict(r <= 1.3)})")
+        if counts:
+            line += (f"; instructions {counts[variant] / 1e3:.0f}K -> "
+                     f"{counts[variant] / counts['bare']:.2f}x")
+        print(line)
 
-    ours, bare, ratio1 = await interleave(rounds, lambda: emitter_items(tp, n, 1),
-                                          lambda: bare_span_items(tp, n))
-    print(f"1. per item, 1 subscriber draining: emitter {ours * 1e6:.1f} us, bare SDK span "
-          f"{bare * 1e6:.1f} us -> {ratio1:.2f}x (target <= 1.5x: {verdict(ratio1 <= 1.5)})")
 
-    many, one, ratio2 = await interleave(
-        rounds, lambda: emitter_items(tp, n, 100, inside_only=True),
-        lambda: emitter_items(tp, n, 1, inside_only=True))
+async def fan_out(rounds: int, n: int) -> None:
+    tp = provider()
+    await emitter_items(tp, 500, 1)  # warm-up
+
+    many, one, ratio2 = await interleave_async(
+        rounds, lambda: emitter_items(tp, n, 100), lambda: emitter_items(tp, n, 1))
     print(f"2. time inside emitter calls per item: 100 subscribers {many * 1e6:.1f} us, "
           f"1 subscriber {one * 1e6:.1f} us -> {ratio2:.2f}x "
           f"(target <= 1.2x: {verdict(ratio2 <= 1.2)})")
@@ -197,9 +230,9 @@ async def main(quick: bool) -> None:
     # figure with SDK spans on is printed beside it.
     items = n // 5
     noop = NoOpTracerProvider()
-    ours_rate, seed_rate, ratio3 = await interleave(
+    ours_rate, seed_rate, ratio3 = await interleave_async(
         rounds, lambda: our_deliveries(noop, items, 100), lambda: seed_deliveries(items, 100))
-    with_spans, _, spans_ratio = await interleave(
+    with_spans, _, spans_ratio = await interleave_async(
         rounds, lambda: our_deliveries(tp, items, 100), lambda: seed_deliveries(items, 100))
     print(f"3. deliveries/s to 100 subscribers: emitter {ours_rate:,.0f}, seed {seed_rate:,.0f}"
           f" -> {ratio3:.2f}x (target >= 2x: {verdict(ratio3 >= 2)}); emitter with SDK spans"
@@ -210,4 +243,16 @@ async def main(quick: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
-    asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument("--no-callgrind", action="store_true",
+                        help="skip the instruction counts (about a minute)")
+    parser.add_argument("--items", nargs=2, metavar=("VARIANT", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.items:  # one measured run, for callgrind
+        with tempfile.TemporaryDirectory() as tmp:
+            tp = provider()
+            run_items(args.items[0], tp, int(args.items[1]), os.path.join(tmp, "e.jsonl"))
+            tp.shutdown()
+    else:
+        rounds, n = (5, 1000) if args.quick else (21, 2000)
+        per_item(rounds, n, not args.no_callgrind and callgrind_available())
+        asyncio.run(fan_out(rounds, n))

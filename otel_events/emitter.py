@@ -12,7 +12,6 @@ span processors the tracer provider has (a batch processor keeps exporters off t
 from __future__ import annotations
 
 import atexit
-import contextlib
 import contextvars
 import itertools
 import os
@@ -71,13 +70,13 @@ class _Clock:
         self._cached = (-1, "")
 
     def format(self, ns: int) -> str:
-        second, frac = divmod(ns, 1_000_000_000)
+        second = ns // 1_000_000_000
         # One tuple, replaced whole: threads formatting at once never mix two seconds.
         cached_second, prefix = self._cached
         if second != cached_second:
             prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
             self._cached = (second, prefix)
-        return f"{prefix}.{frac // 1000:06d}Z"
+        return f"{prefix}.{ns // 1000 % 1_000_000:06d}Z"
 
 
 def _encode(body: dict[str, Any]) -> bytes:
@@ -90,7 +89,7 @@ def _hex_ids(span: Span) -> tuple[str | None, str | None]:
     ctx = span.get_span_context()
     if not ctx.is_valid:
         return None, None
-    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+    return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
 
 
 def _open_parent(emitter: EventEmitter, turn: Turn | None) -> Item | None:
@@ -152,14 +151,16 @@ class _Scope:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         # A context entered in one task and left in another cannot be reset; the work is
-        # still ended correctly, so that is not worth an error.
+        # still ended correctly, so that is not worth an error. (try/except, not
+        # contextlib.suppress: this runs for every item, and costs nothing when all is well.)
         if self._var_token is not None:
-            with contextlib.suppress(ValueError):
+            try:
                 self._current.reset(self._var_token)
+            except ValueError:
+                pass
             self._var_token = None
         if self._otel_token is not None:
-            with contextlib.suppress(Exception):
-                otel_context.detach(self._otel_token)  # type: ignore[arg-type]
+            otel_context.detach(self._otel_token)  # type: ignore[arg-type]  # logs, never raises
             self._otel_token = None
         if exc is not None:
             self.fail(exc)
@@ -277,7 +278,7 @@ class Item(_Scope):
         if turn is not None and turn.trace_id is not None:
             # Same trace as its turn: only the span id needs formatting.
             self.trace_id = turn.trace_id
-            self.span_id = format(self.span.get_span_context().span_id, "016x")
+            self.span_id = f"{self.span.get_span_context().span_id:016x}"
         else:
             self.trace_id, self.span_id = _hex_ids(self.span)
         self.started_at = rec.clock.format(self.started_ns)
@@ -347,23 +348,26 @@ class Item(_Scope):
     def _end(self, status: str, ending: Ending | None, output: Any,
              fields: dict[str, Any], note: str | None = None) -> None:
         rec = self._rec
-        with rec.lock:
-            if self.status != _IN_PROGRESS:
-                return
-            self.status = status
+        # Whoever takes the item out of the open set ends it: exactly once, from any
+        # thread, with no lock to take (a dict's pop is atomic).
+        if self.status != _IN_PROGRESS or rec.open_items.pop(self.id, None) is None:
+            return
+        self.status = status
         end_ns = time.time_ns()
         content = rec.content
         duration_ms = (end_ns - self.started_ns) // 1000 / 1000  # to the microsecond
         item = self._identity(status)
         span = self.span
-        attributes: dict[str, Any] = {}
+        attributes: dict[str, Any]
         if output is not None:
             encoded = content.encode(output)
             if content.capture:
                 item["output"] = orjson.Fragment(encoded)
             else:
                 item["output_length"] = len(encoded)
-            attributes.update(content.output_attributes(encoded))
+            attributes = content.output_attributes(encoded)
+        else:
+            attributes = {}
         if fields:
             item.update(rec.fields(fields))
         message = note if ending is None else ending.message
@@ -380,7 +384,6 @@ class Item(_Scope):
         span.set_attributes(attributes)  # bulky attributes last, in one call
         if self.turn is not None:
             self.turn._open_items.pop(self.id, None)
-        rec.open_items.pop(self.id, None)
         rec.publish("item.completed", self, {"item": item}, completed_at)
         error_type = None if ending is None else ending.error_type
         if ending is not None:
@@ -461,10 +464,10 @@ class Turn(_Scope):
 
     def _end(self, ending: Ending) -> None:
         rec = self._rec
-        with rec.lock:
-            if self.ended:
-                return
-            self.ended = True
+        # As for items: whoever takes the turn out of the open set ends it, once.
+        if self.ended or rec.open_turns.pop(self.id, None) is None:
+            return
+        self.ended = True
         # Items still open end the way the turn did when it was cancelled, else abandoned.
         inner = CANCELLED if ending.error_type == CANCELLED else ABANDONED
         for item in list(self._open_items.values()):
@@ -483,7 +486,6 @@ class Turn(_Scope):
             body = {"error": {"message": message, "type": ending.error_type},
                     "usage": self._usage(), "duration_ms": duration_ms}
             rec.publish("turn.failed", self, body, rec.clock.format(end_ns))
-        rec.open_turns.pop(self.id, None)
         end_span(span, ending, message=message, end_time=end_ns)
         rec.metrics.record_turn(self.emitter.agent_name, duration_ms / 1e3, ending.error_type,
                                 self.input_tokens, self.output_tokens)

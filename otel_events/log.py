@@ -129,8 +129,10 @@ class EventLog:
             ring.extend([None] * min(len(ring), self.capacity - len(ring)))
         slot = seq % self.capacity
         old = ring[slot]
-        if old is not None:
-            self._evict(old)
+        if old is not None:  # the oldest event leaves (``_evict``, inlined: every append)
+            if not old.transient:
+                self._lost_lifecycle_seq = old.seq
+            self.first_seq = old.seq + 1
         ring[slot] = entry
         self.next_seq = seq + 1
         if self._waiters:

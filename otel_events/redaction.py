@@ -7,6 +7,7 @@ and the span attributes all carry. So a redaction applies identically everywhere
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +59,13 @@ def scrub_secrets(text: str) -> str:
     return text
 
 
+# Short texts (descriptions, messages, progress notes) repeat: the same step is described
+# the same way each time it runs. Scrubbing is a pure function of the text, so each
+# distinct short text is scrubbed once; long ones (outputs) are not worth keeping.
+_SHORT_TEXT = 256
+_scrub_short_text = functools.lru_cache(maxsize=1024)(scrub_secrets)
+
+
 @dataclass(frozen=True, slots=True)
 class Content:
     """What content is recorded, and how.
@@ -95,7 +103,9 @@ class Content:
                 value = str(self.redact(value))
             except Exception as exc:
                 value = f"[not recorded: {type(exc).__name__}]"
-        return scrub_secrets(value) if self.scrub else value
+        if not self.scrub:
+            return value
+        return _scrub_short_text(value) if len(value) <= _SHORT_TEXT else scrub_secrets(value)
 
     def output_attributes(self, encoded: str) -> dict[str, Any]:
         """The span attributes of an encoded output: itself (cut) if captured, its length."""

@@ -28,15 +28,17 @@ _TOOL_TYPES = frozenset({
 })
 
 
+_OPERATIONS: dict[str, tuple[str | None, SpanKind]] = {
+    **dict.fromkeys(_TOOL_TYPES, ("execute_tool", SpanKind.INTERNAL)),
+    "doc_retrieval": ("retrieval", SpanKind.CLIENT),
+    "guardrail_check": ("apply_guardrail", SpanKind.CLIENT),
+}
+_NO_OPERATION: tuple[str | None, SpanKind] = (None, SpanKind.INTERNAL)
+
+
 def item_operation(item_type: str) -> tuple[str | None, SpanKind]:
     """The ``gen_ai.operation.name`` of an item type (None if none fits) and span kind."""
-    if item_type in _TOOL_TYPES:
-        return "execute_tool", SpanKind.INTERNAL
-    if item_type == "doc_retrieval":
-        return "retrieval", SpanKind.CLIENT
-    if item_type == "guardrail_check":
-        return "apply_guardrail", SpanKind.CLIENT
-    return None, SpanKind.INTERNAL
+    return _OPERATIONS.get(item_type, _NO_OPERATION)
 
 
 def start_turn_span(
@@ -73,7 +75,7 @@ def start_item_span(
     start_time: int | None = None,
 ) -> tuple[Span, str | None]:
     """The span of one item, with its identifying attributes; returns it and its operation."""
-    operation, kind = item_operation(item_type)
+    operation, kind = _OPERATIONS.get(item_type, _NO_OPERATION)
     target = name or item_type
     attributes: dict[str, Any] = {
         "otel_events.item.id": item_id,
