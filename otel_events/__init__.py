@@ -5,8 +5,9 @@ stream, OpenTelemetry spans and metrics, and (through the bridge) Server-Sent Ev
 
 Importing the package loads only what agent code needs on its hot path (the emitter,
 the event log, the OpenTelemetry API, orjson). The typed protocol models (pydantic),
-``configure`` (the OpenTelemetry SDK and exporters) and ``HttpSink`` (httpx) load on
-first use; the bridge is ``otel_events.bridge``, behind the ``[bridge]`` extra.
+``configure`` (the OpenTelemetry SDK and exporters), ``HttpSink`` (httpx) and
+``RedisSink`` (redis-py) load on first use; the bridge is ``otel_events.bridge``,
+behind the ``[bridge]`` extra.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ if TYPE_CHECKING:
     from otel_events.config import Telemetry, configure
     from otel_events.http_sink import HttpSink
     from otel_events.protocol import Event, encode_event, parse_event
+    from otel_events.redis_sink import RedisSink
 
 # Loaded on first use: name -> module.
 _LAZY = {
     "Telemetry": "otel_events.config",
     "configure": "otel_events.config",
     "HttpSink": "otel_events.http_sink",
+    "RedisSink": "otel_events.redis_sink",
     "Event": "otel_events.protocol",
     "encode_event": "otel_events.protocol",
     "parse_event": "otel_events.protocol",
@@ -63,6 +66,7 @@ __all__ = [
     "ItemStatus",
     "ItemType",
     "JsonlSink",
+    "RedisSink",
     "Sink",
     "Subscription",
     "Telemetry",

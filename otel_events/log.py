@@ -96,17 +96,22 @@ class EventLog:
     by bytes) is the owner's decision: it calls ``forget_before``.
     """
 
-    def __init__(self, capacity: int = 4096) -> None:
+    def __init__(self, capacity: int = 4096, start: int = 1) -> None:
         if capacity < 2:
             raise ValueError("capacity must be at least 2")
+        if start < 1:
+            raise ValueError("start must be at least 1")
         self.capacity = capacity
         # Grown as events arrive, up to ``capacity``: a log that is made but little
-        # used stays small.
-        self._ring: list[Entry | None] = [None] * min(capacity, 64)
+        # used stays small. Growing relies on every seq sitting at its own index until
+        # the first wrap, so a log that starts later (a mirror of a stream that is
+        # already numbered) takes its whole ring at once.
+        self._ring: list[Entry | None] = [None] * (min(capacity, 64) if start == 1
+                                                    else capacity)
         #: Seq of the next event to be appended.
-        self.next_seq = 1
+        self.next_seq = start
         #: Lowest seq still held.
-        self.first_seq = 1
+        self.first_seq = start
         # Highest seq of a non-transient event that left the ring: a reader whose cursor
         # is at or below it has lost a lifecycle event.
         self._lost_lifecycle_seq = 0

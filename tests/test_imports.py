@@ -9,7 +9,7 @@ import pytest
 
 # Modules the core must not load on import (the protocol's pydantic models, the bridge's
 # server stack, HttpSink's HTTP client, the SDK configure() brings, rich).
-HEAVY = ("pydantic", "httpx", "fastapi", "uvicorn", "starlette", "sse_starlette", "rich",
+HEAVY = ("pydantic", "httpx", "redis", "fastapi", "uvicorn", "starlette", "sse_starlette", "rich",
          "asyncio", "otel_events.bridge", "otel_events.protocol", "otel_events.http_sink",
          "opentelemetry.sdk")
 
@@ -51,12 +51,14 @@ def test_the_cli_does_not_load_the_bridge_or_an_http_client() -> None:
 
 
 @pytest.mark.parametrize(("name", "module"), [
-    ("HttpSink", "otel_events.http_sink"), ("configure", "otel_events.config"),
+    ("HttpSink", "otel_events.http_sink"), ("RedisSink", "otel_events.redis_sink"),
+    ("configure", "otel_events.config"),
     ("parse_event", "otel_events.protocol")])
 def test_lazy_names_load_on_first_use(name: str, module: str) -> None:
     import otel_events
 
-    if name == "HttpSink":
-        pytest.importorskip("httpx", reason="HttpSink is the [http] extra")
+    if name in ("HttpSink", "RedisSink"):
+        pytest.importorskip("httpx" if name == "HttpSink" else "redis",
+                            reason="a sink of an extra ([http], [redis])")
     value = getattr(otel_events, name)
     assert value is getattr(sys.modules[module], name)

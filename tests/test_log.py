@@ -254,3 +254,14 @@ def test_cursor_skips_transients_when_lagging_and_reports_a_lost_lifecycle_event
     assert entries == [] and gap is not None
     cursor.skip(gap)
     assert cursor.position == gap.resume_seq and cursor.dropped == 2 + gap.missed
+
+
+def test_a_log_may_start_later_in_a_numbering_and_wraps_from_there() -> None:
+    log = EventLog(capacity=4, start=100)
+    assert (log.first_seq, log.next_seq, len(log)) == (100, 100, 0)
+    for _ in range(6):
+        put(log, "item.started")
+    assert (log.first_seq, log.next_seq) == (102, 106)
+    entries, _, _, gap = log.read(102)
+    assert gap is None and [e.seq for e in entries] == [102, 103, 104, 105]
+    assert log.get(101) is None and log.get(105) is not None

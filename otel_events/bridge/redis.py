@@ -297,18 +297,6 @@ class _Folded:
 
 # -- the local mirror of a watched thread ---------------------------------------------------
 
-class _MirrorLog(EventLog):
-    """An ``EventLog`` whose first seq is the stream's, not 1."""
-
-    def __init__(self, capacity: int, start: int) -> None:
-        super().__init__(capacity)
-        if start > 1:
-            # EventLog grows its ring lazily while every seq sits at its own index, which
-            # a later start breaks: take the whole ring at once.
-            self._ring = [None] * capacity
-            self.next_seq = self.first_seq = start
-
-
 class _Watch:
     """A thread this replica reads for its local readers: channel, mirror, fetch task."""
 
@@ -319,7 +307,7 @@ class _Watch:
         self.idle_since: float | None = None
         #: ``None`` until a fetch found the thread.
         self.epoch: str | None = None
-        self.log: _MirrorLog | None = None
+        self.log: EventLog | None = None
         #: A fetch has completed since the channel was subscribed.
         self.known = False
         self.dirty = asyncio.Event()
@@ -344,13 +332,13 @@ class _Watch:
             with contextlib.suppress(ValueError):
                 self._changed.remove(fut)
 
-    def replace(self, epoch: str, capacity: int, start: int) -> _MirrorLog:
+    def replace(self, epoch: str, capacity: int, start: int) -> EventLog:
         """A new mirror (new epoch, or events this replica missed): readers of the old one
         finish it, then place themselves again from their position."""
         if self.log is not None:
             self.log.close()
         self.epoch = epoch
-        self.log = _MirrorLog(capacity, start)
+        self.log = EventLog(capacity, start=start)
         self.changed()
         return self.log
 
@@ -415,7 +403,7 @@ class RedisReader:
         self._cursor = None
         self._position = position
 
-    async def _attach(self, watch: _Watch, log: _MirrorLog) -> Reset | None:
+    async def _attach(self, watch: _Watch, log: EventLog) -> Reset | None:
         """Place the cursor from the client's position; a reset if it cannot resume."""
         broker = self._broker
         position = self._position
