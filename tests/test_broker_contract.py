@@ -366,3 +366,20 @@ async def test_byte_retention_keeps_what_fits_and_always_the_newest(make: MakeBr
     got = await next_of(older)
     assert isinstance(got, Reset) and got.reason == "cursor_expired"
     older.close()
+
+
+async def test_usage_summed_past_64_bits_keeps_the_state_readable(make: MakeBroker) -> None:
+    broker = make()
+    big = 2**64 - 1  # the largest count a line may carry; two of them sum past 64 bits
+    turns = [event for n in (1, 2) for event in (
+        {"type": "turn.started", "turn_id": f"t{n}"},
+        {"type": "turn.completed", "turn_id": f"t{n}", "usage": {"input_tokens": big}})]
+    await broker.append("th", lines(turns))
+    state = await broker.snapshot("th")
+    assert state is not None
+    assert orjson.loads(state.replace(str(2 * big).encode(), b"0"))["thread_id"] == "th"
+    assert str(2 * big).encode() in state
+    reader = broker.reader("th", Position(0, "another-epoch"))
+    reset = await next_of(reader)
+    assert isinstance(reset, Reset) and str(2 * big).encode() in reset.snapshot
+    reader.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import json
 import re
 import secrets
 import time
@@ -219,14 +218,7 @@ class MemoryThread:
         seq = self.snapshot.seq
         cached = self._snapshot_json
         if cached is None or cached[0] != seq:
-            state = self.snapshot.to_dict()
-            try:
-                data = orjson.dumps(state)
-            except orjson.JSONEncodeError:
-                # Sums of producers' counts (token usage) can pass 64 bits, which orjson
-                # refuses; the standard encoder writes any integer.
-                data = json.dumps(state, separators=(",", ":"), default=str).encode()
-            cached = (seq, data)
+            cached = (seq, self.snapshot.to_json())
             self._snapshot_json = cached
         return cached[1]
 

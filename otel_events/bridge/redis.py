@@ -291,7 +291,7 @@ class _Folded:
         seq = self.snapshot.seq
         cached = self.json
         if cached is None or cached[0] != seq:
-            cached = self.json = (seq, orjson.dumps(self.snapshot.to_dict()))
+            cached = self.json = (seq, self.snapshot.to_json())
         return cached[1]
 
 

@@ -14,6 +14,7 @@ names, so a ``reset`` and a live stream describe a thread identically.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from datetime import datetime
 from typing import Any
@@ -481,3 +482,13 @@ class ThreadSnapshot:
         body["items"] = [item.to_dict() for item in self.loose.items.values()]
         body["last_error"] = self.last_error
         return body
+
+    def to_json(self) -> bytes:
+        """``to_dict`` as compact JSON, whatever the numbers in it."""
+        state = self.to_dict()
+        try:
+            return orjson.dumps(state)
+        except orjson.JSONEncodeError:
+            # Sums of producers' counts (token usage) can pass 64 bits, which orjson
+            # refuses; the standard encoder writes any integer.
+            return json.dumps(state, separators=(",", ":"), default=str).encode()
