@@ -21,21 +21,17 @@ sweep, and until one has, the stream keeps every event after the last checkpoint
 from __future__ import annotations
 
 import hashlib
-import logging
-import random
 import secrets
-import threading
-import time
 from typing import Any
 
 import orjson
 
-from otel_events.log import Cursor, Entry, EventLog
+from otel_events.log import Entry
+from otel_events.sinks import BatchingSink
 
 __all__ = ["APPEND_LUA", "TRIM_LUA", "RedisSink", "assigned_seqs", "dedup_member",
            "event_rest", "new_epoch", "parse_notification", "stream_keys"]
 
-_log = logging.getLogger(__name__)
 
 # -- the layout, shared with the bridge -----------------------------------------------------
 
@@ -256,7 +252,7 @@ def append_args(prefix: str, thread_id: str, retention_count: int,
 # -- the sink -----------------------------------------------------------------------------------
 
 
-class RedisSink:
+class RedisSink(BatchingSink):
     """Appends every event of the log to thread ``thread_id`` in the bridge's Redis.
 
     ``url`` is the bridge's ``--broker`` URL; ``prefix``, the retention, the idle expiry
@@ -265,6 +261,9 @@ class RedisSink:
     delivered: overwritten while Redis was unreachable, refused, or still unsent at
     ``close``), ``requests`` (script calls).
     """
+
+    kind = "RedisSink"
+    destination = "Redis"
 
     def __init__(
         self,
@@ -283,100 +282,31 @@ class RedisSink:
     ) -> None:
         import redis  # the [redis] extra; imported here so the core never needs it
 
+        super().__init__(max_batch=max_batch, max_batch_bytes=None, backoff=backoff,
+                         max_backoff=max_backoff)
         self.prefix = prefix
         self.retention_count = retention_count
         self.retention_age = retention_age
         self.retention_bytes = retention_bytes
         self.idle_expiry = idle_expiry
         self.max_threads = max_threads
-        self.max_batch = max_batch
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.sent = 0
-        self.requests = 0
         # No retries inside redis-py: the sink retries whole batches itself, with backoff.
         self._client = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout,
             retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
         self._script = self._client.register_script(APPEND_LUA)
-        self._unreachable: tuple[type[BaseException], ...] = (
+        self._unreachable_errors: tuple[type[BaseException], ...] = (
             redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-        self._cursor: Cursor | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._deadline: float | None = None
-        self._down = False
-        self._lost = 0
+        self._thread_id = ""
 
-    # -- the Sink protocol -------------------------------------------------------------
+    def _connect(self, thread_id: str) -> None:
+        self._thread_id = thread_id
 
-    def start(self, log: EventLog, thread_id: str) -> None:
-        if self._thread is not None:
-            raise RuntimeError("a RedisSink serves one emitter; it is started already")
-        self._cursor = cursor = log.cursor()
-        self._thread = threading.Thread(target=self._run, args=(cursor, thread_id),
-                                        name="otel-events-redis", daemon=True)
-        self._thread.start()
+    def _disconnect(self) -> None:
+        self._client.close()
 
-    @property
-    def dropped(self) -> int:
-        """Events never delivered: lost while Redis was unreachable, refused, or still
-        unsent at ``close``."""
-        return self._lost + (0 if self._cursor is None else self._cursor.dropped)
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Deliver what was published for up to ``timeout`` seconds, then stop."""
-        self._deadline = time.monotonic() + timeout
-        self._stop.set()
-        if self._cursor is not None:
-            self._cursor.log.notify()
-        if self._thread is not None:
-            self._thread.join(timeout + 1.0)
-
-    # -- the worker --------------------------------------------------------------------
-
-    def _run(self, cursor: Cursor, thread_id: str) -> None:
-        pending: list[Entry] = []
-        attempt = 0
-        try:
-            while True:
-                if not pending:
-                    pending = self._next_batch(cursor)
-                    if not pending:
-                        if cursor.at_end(stopping=self._stop.is_set()):
-                            return
-                        cursor.wait_blocking(timeout=0.5)
-                        continue
-                if self._deadline is not None and time.monotonic() >= self._deadline:
-                    self._lost += len(pending) + max(0, cursor.log.next_seq - cursor.position)
-                    return
-                if self._append(thread_id, pending):
-                    attempt = 0
-                    pending = []
-                    continue
-                attempt += 1
-                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-                delay *= 0.5 + random.random() / 2
-                if self._deadline is not None:
-                    delay = min(delay, max(0.0, self._deadline - time.monotonic()))
-                if not self._stop.is_set():
-                    self._stop.wait(delay)
-                else:
-                    time.sleep(delay)
-        except Exception:  # the agent must never see a sink's failure
-            _log.exception("otel-events RedisSink stopped")
-        finally:
-            self._client.close()
-
-    def _next_batch(self, cursor: Cursor) -> list[Entry]:
-        entries, gap = cursor.read(limit=self.max_batch)
-        while gap is not None:  # lost while Redis was down: counted, then go on
-            cursor.skip(gap)
-            entries, gap = cursor.read(limit=self.max_batch)
-        return entries
-
-    def _append(self, thread_id: str, batch: list[Entry]) -> bool:
-        """True: done with the batch (written, or refused for good); False: retry it."""
+    def _deliver(self, batch: list[Entry]) -> bool:
+        thread_id = self._thread_id
         lines = []
         for entry in batch:
             raw = orjson.loads(entry.json)
@@ -387,27 +317,17 @@ class RedisSink:
         keys, args = append_args(self.prefix, thread_id, self.retention_count,
                                  self.retention_age, self.idle_expiry, self.max_threads,
                                  lines, self.retention_bytes)
-        self.requests += 1
         try:
             result = self._script(keys=keys, args=args)
-        except self._unreachable as exc:
-            if not self._down:
-                self._down = True
-                _log.warning("otel-events RedisSink: Redis unavailable (%s); retrying",
-                             type(exc).__name__)
+        except self._unreachable_errors as exc:
+            self._unreachable(type(exc).__name__)
             return False
         except Exception as exc:  # a script error: sending it again cannot help
-            _log.warning("otel-events RedisSink: Redis refused a batch of %d events (%s)",
-                         len(batch), type(exc).__name__)
-            self._lost += len(batch)
+            self._refused(batch, type(exc).__name__)
             return True
-        if self._down:
-            self._down = False
-            _log.warning("otel-events RedisSink: Redis reachable again")
+        self._reachable()
         if not result or result[0] is None:
-            _log.warning("otel-events RedisSink: the bridge holds its most threads; "
-                         "%d events dropped", len(batch))
-            self._lost += len(batch)
+            self._refused(batch, "the bridge holds its most threads")
             return True
         self.sent += len(batch)
         return True

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import random
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import IO, Protocol
 
-from otel_events.log import Cursor, EventLog, overflow_json
+from otel_events.log import Cursor, Entry, EventLog, overflow_json
 
-__all__ = ["JsonlSink", "Sink"]
+__all__ = ["BatchingSink", "JsonlSink", "Sink"]
+
+_log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
@@ -78,3 +83,145 @@ class JsonlSink:
             self._cursor.log.notify()
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+class BatchingSink:
+    """What every sink that delivers batches over a network shares: a thread of its own
+    reading the log, batches cut by count and size, retries with backoff and jitter,
+    ``close`` bounded in time, counters. Subclasses say how a batch is delivered.
+
+    Counters: ``sent`` (delivered), ``requests`` (attempts), ``dropped`` (never
+    delivered: overwritten while the destination was unreachable, refused, or still
+    unsent at ``close``). Nothing here blocks or raises into agent code.
+    """
+
+    #: Names the thread and the log lines (``HttpSink``, ``RedisSink``).
+    kind = "sink"
+    #: What is unreachable when a batch cannot go (``bridge``, ``Redis``).
+    destination = "destination"
+
+    def __init__(self, *, max_batch: int, max_batch_bytes: int | None, backoff: float,
+                 max_backoff: float) -> None:
+        self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.sent = 0
+        self.requests = 0
+        self._lost = 0
+        self._cursor: Cursor | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._deadline: float | None = None
+        self._down = False
+
+    # -- the Sink protocol ---------------------------------------------------------------
+
+    def start(self, log: EventLog, thread_id: str) -> None:
+        if self._thread is not None:
+            # Its counters and thread id belong to one emitter: give each its own sink.
+            raise RuntimeError(f"a {self.kind} serves one emitter; it is started already")
+        self._cursor = cursor = log.cursor()
+        self._thread = threading.Thread(
+            target=self._run, args=(cursor, thread_id),
+            name=f"otel-events-{self.kind.removesuffix('Sink').lower()}", daemon=True)
+        self._thread.start()
+
+    @property
+    def dropped(self) -> int:
+        """Events never delivered (see the class's docstring)."""
+        return self._lost + (0 if self._cursor is None else self._cursor.dropped)
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Deliver what was published for up to ``timeout`` seconds, then stop; True when
+        the sink's thread has ended."""
+        self._deadline = time.monotonic() + timeout
+        self._stop.set()
+        if self._cursor is not None:
+            self._cursor.log.notify()
+        if self._thread is not None:
+            self._thread.join(timeout + 1.0)
+            return not self._thread.is_alive()
+        return True
+
+    # -- what a subclass provides ----------------------------------------------------------
+
+    def _connect(self, thread_id: str) -> None:
+        """Prepare to deliver thread ``thread_id``'s events (on the sink's thread)."""
+
+    def _deliver(self, batch: list[Entry]) -> bool:
+        """True: done with the batch (delivered, or refused for good); False: retry it."""
+        raise NotImplementedError
+
+    def _disconnect(self) -> None:
+        """Release what ``_connect`` took (on the sink's thread)."""
+
+    # -- shared by subclasses ----------------------------------------------------------------
+
+    def _unreachable(self, why: str) -> None:
+        if not self._down:
+            self._down = True
+            _log.warning("otel-events %s: %s unavailable (%s); retrying", self.kind,
+                         self.destination, why)
+
+    def _reachable(self) -> None:
+        if self._down:
+            self._down = False
+            _log.warning("otel-events %s: %s reachable again", self.kind, self.destination)
+
+    def _refused(self, batch: list[Entry], why: str) -> None:
+        _log.warning("otel-events %s: %s refused a batch of %d events (%s)", self.kind,
+                     self.destination, len(batch), why)
+        self._lost += len(batch)
+
+    # -- the worker --------------------------------------------------------------------------
+
+    def _run(self, cursor: Cursor, thread_id: str) -> None:
+        pending: list[Entry] = []
+        attempt = 0
+        try:
+            self._connect(thread_id)
+            while True:
+                if not pending:
+                    pending = self._next_batch(cursor)
+                    if not pending:
+                        if cursor.at_end(stopping=self._stop.is_set()):
+                            return
+                        cursor.wait_blocking(timeout=0.5)
+                        continue
+                if self._deadline is not None and time.monotonic() >= self._deadline:
+                    self._lost += len(pending) + max(0, cursor.log.next_seq - cursor.position)
+                    return
+                self.requests += 1
+                if self._deliver(pending):
+                    attempt = 0
+                    pending = []
+                    continue
+                attempt += 1
+                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+                delay *= 0.5 + random.random() / 2
+                if self._deadline is not None:
+                    delay = min(delay, max(0.0, self._deadline - time.monotonic()))
+                # While closing, _stop is already set: fall back to a plain sleep.
+                if not self._stop.is_set():
+                    self._stop.wait(delay)
+                else:
+                    time.sleep(delay)
+        except Exception:  # the agent must never see a sink's failure
+            _log.exception("otel-events %s stopped", self.kind)
+        finally:
+            self._disconnect()
+
+    def _next_batch(self, cursor: Cursor) -> list[Entry]:
+        entries, gap = cursor.read(limit=self.max_batch)
+        while gap is not None:  # lost while unreachable: counted, then go on
+            cursor.skip(gap)
+            entries, gap = cursor.read(limit=self.max_batch)
+        if self.max_batch_bytes is not None:
+            size = 0
+            for index, entry in enumerate(entries):
+                size += len(entry.json) + 1
+                if size > self.max_batch_bytes and index > 0:
+                    cursor.position = entry.seq  # the rest goes in the next batch
+                    return entries[:index]
+        return entries
