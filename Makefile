@@ -34,8 +34,16 @@ servers:
 test: setup lint servers
 	$(BIN)/pytest -q
 
-bench: setup
+# The peers (Logfire, opentelemetry-util-genai) live in the `bench` extra, not in [dev].
+$(BIN)/.bench-installed: $(BIN)/.installed pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: setup $(BIN)/.bench-installed
 	$(BIN)/python benchmarks/bench_emitter.py
+	$(BIN)/python benchmarks/bench_peers.py
+	$(BIN)/python benchmarks/bench_growth.py
+	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_bridge.py
 
 clean:
