@@ -23,6 +23,12 @@ if TYPE_CHECKING:
     from otel_events.protocol import Event
 
 __all__ = [
+    "CURSOR_AHEAD",
+    "CURSOR_EXPIRED",
+    "CURSOR_UNKNOWN",
+    "EPOCH_CHANGED",
+    "FELL_BEHIND",
+    "HISTORY_EXPIRED",
     "Appended",
     "Batch",
     "Broker",
@@ -32,7 +38,16 @@ __all__ = [
     "Reset",
     "ThreadReader",
     "TooManyThreads",
+    "resume_at",
 ]
+
+# Why a client gets a reset instead of the events after its position (``reason``).
+CURSOR_EXPIRED = "cursor_expired"  # its next event is no longer held
+CURSOR_AHEAD = "cursor_ahead"  # beyond the thread's numbering
+CURSOR_UNKNOWN = "cursor_unknown"  # unreadable
+EPOCH_CHANGED = "epoch_changed"  # from another history of the thread (restart, expiry)
+FELL_BEHIND = "fell_behind"  # too slow: events it had not read were overwritten
+HISTORY_EXPIRED = "history_expired"  # a new client, and the thread's start is gone
 
 
 class TooManyThreads(RuntimeError):
@@ -104,6 +119,28 @@ class Reset:
     epoch: str
     seq: int
     snapshot: bytes
+
+
+def resume_at(position: Position | None, epoch: str, first_seq: int,
+              next_seq: int) -> int | str:
+    """Where a client at ``position`` goes on, in a history ``epoch`` that holds seqs
+    ``[first_seq, next_seq)``: the seq of its next event, or why it gets a reset.
+
+    Recovery is all or nothing: either every event after the position is still held,
+    or the client starts again from the thread's state.
+    """
+    if position is None:
+        return HISTORY_EXPIRED if first_seq > 1 else first_seq
+    if position.epoch == "":
+        return CURSOR_UNKNOWN
+    if position.epoch is not None and position.epoch != epoch:
+        return EPOCH_CHANGED
+    start = position.seq + 1
+    if start > next_seq:
+        return CURSOR_AHEAD
+    if start < first_seq:
+        return CURSOR_EXPIRED
+    return start
 
 
 class ThreadReader(Protocol):

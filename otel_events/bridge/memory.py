@@ -21,12 +21,14 @@ from typing import Any
 import orjson
 
 from otel_events.bridge.broker import (
+    FELL_BEHIND,
     Appended,
     Batch,
     EventLine,
     Position,
     Reset,
     TooManyThreads,
+    resume_at,
 )
 from otel_events.bridge.snapshot import ThreadSnapshot
 from otel_events.log import Cursor, Entry, EventLog
@@ -38,13 +40,6 @@ __all__ = ["THREAD_ID_PATTERN", "MemoryBroker", "MemoryThread", "valid_thread_id
 THREAD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 _THREAD_ID = re.compile(THREAD_ID_PATTERN)
 
-# Why a reset was sent, in its ``reason`` field.
-CURSOR_EXPIRED = "cursor_expired"
-CURSOR_AHEAD = "cursor_ahead"
-CURSOR_UNKNOWN = "cursor_unknown"
-EPOCH_CHANGED = "epoch_changed"
-FELL_BEHIND = "fell_behind"
-HISTORY_EXPIRED = "history_expired"
 
 
 # Most accepted events a thread holds before folding them into its state.
@@ -295,27 +290,13 @@ class MemoryReader:
     def _attach(self, thread: MemoryThread) -> Reset | None:
         """Place the cursor from the client's position; a reset if it cannot resume."""
         log = thread.log
-        position = self._position
-        reason: str | None = None
-        if position is None:
-            start = log.first_seq
-            if start > 1:
-                reason = HISTORY_EXPIRED
-        elif position.epoch == "":
-            reason = CURSOR_UNKNOWN
-        elif position.epoch is not None and position.epoch != thread.epoch:
-            reason = EPOCH_CHANGED
-        else:
-            start = position.seq + 1
-            if start > log.next_seq:
-                reason = CURSOR_AHEAD
-            elif start < log.first_seq:
-                reason = CURSOR_EXPIRED
-        if reason is not None:
-            reset = thread.reset(reason)
-            self._cursor = log.cursor(after=reset.seq, soft_lag=max(1, log.capacity // 2))
+        soft_lag = max(1, log.capacity // 2)
+        start = resume_at(self._position, thread.epoch, log.first_seq, log.next_seq)
+        if isinstance(start, str):
+            reset = thread.reset(start)
+            self._cursor = log.cursor(after=reset.seq, soft_lag=soft_lag)
             return reset
-        self._cursor = log.cursor(after=start - 1, soft_lag=max(1, log.capacity // 2))
+        self._cursor = log.cursor(after=start - 1, soft_lag=soft_lag)
         return None
 
     def close(self) -> None:

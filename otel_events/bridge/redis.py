@@ -81,6 +81,8 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from otel_events.bridge.broker import (
+    CURSOR_AHEAD,
+    FELL_BEHIND,
     Appended,
     Batch,
     BrokerUnavailable,
@@ -88,16 +90,9 @@ from otel_events.bridge.broker import (
     Position,
     Reset,
     TooManyThreads,
+    resume_at,
 )
-from otel_events.bridge.memory import (
-    CURSOR_AHEAD,
-    CURSOR_EXPIRED,
-    CURSOR_UNKNOWN,
-    EPOCH_CHANGED,
-    FELL_BEHIND,
-    HISTORY_EXPIRED,
-    valid_thread_id,
-)
+from otel_events.bridge.memory import valid_thread_id
 from otel_events.bridge.snapshot import ItemState, ThreadSnapshot, TurnState
 from otel_events.log import Cursor, EventLog
 from otel_events.protocol import parse_event
@@ -406,37 +401,22 @@ class RedisReader:
     async def _attach(self, watch: _Watch, log: EventLog) -> Reset | None:
         """Place the cursor from the client's position; a reset if it cannot resume."""
         broker = self._broker
-        position = self._position
-        reason: str | None = None
-        start = 0
-        if position is None:
-            start = log.first_seq
-            if start > 1:
-                reason = HISTORY_EXPIRED
-        elif position.epoch == "":
-            reason = CURSOR_UNKNOWN
-        elif position.epoch is not None and position.epoch != watch.epoch:
-            reason = EPOCH_CHANGED
-        else:
-            start = position.seq + 1
-            if start > log.next_seq:
-                # The mirror may lag the stream (the client got its id from another
-                # replica a moment ago): catch up before calling the cursor ahead.
-                try:
-                    await broker._refresh(watch)
-                except (*_UNREACHABLE, RedisError):
-                    await asyncio.sleep(0.5)  # Redis is away: the stream waits for it
-                    return None
-                if watch.log is not log:
-                    return None  # replaced meanwhile: place again
-            if start > log.next_seq:
-                reason = CURSOR_AHEAD
-            elif start < log.first_seq:
-                reason = CURSOR_EXPIRED
         assert watch.epoch is not None
+        start = resume_at(self._position, watch.epoch, log.first_seq, log.next_seq)
+        if start == CURSOR_AHEAD:
+            # The mirror may lag the stream (the client got its id from another replica a
+            # moment ago): catch up before calling the cursor ahead.
+            try:
+                await broker._refresh(watch)
+            except (*_UNREACHABLE, RedisError):
+                await asyncio.sleep(0.5)  # Redis is away: the stream waits for it
+                return None
+            if watch.log is not log:
+                return None  # replaced meanwhile: place again
+            start = resume_at(self._position, watch.epoch, log.first_seq, log.next_seq)
         soft_lag = max(1, log.capacity // 2)
-        if reason is not None:
-            reset = await broker._reset(self._thread_id, reason)
+        if isinstance(start, str):
+            reset = await broker._reset(self._thread_id, start)
             if reset is None or reset.epoch != watch.epoch or watch.log is not log:
                 # The thread changed meanwhile (gone, or a new epoch the mirror has not
                 # caught up with): wait for the mirror to follow, then place again.
