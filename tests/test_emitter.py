@@ -390,3 +390,43 @@ def test_jsonl_sink_keeps_the_events_published_as_the_emitter_closes(
         em.close()  # abandons the item and the turn, then stops the sink
         kinds = [orjson.loads(line)["type"] for line in stream.getvalue().splitlines()]
         assert kinds[-2:] == ["item.completed", "turn.failed"], kinds
+
+
+def test_work_ended_from_many_threads_at_once_ends_exactly_once(
+        emitter: EventEmitter, telemetry: Telemetry) -> None:
+    turn = emitter.turn()
+    items = [turn.item("sql_execution", "q", name="db") for _ in range(50)]
+    barrier = threading.Barrier(4)
+
+    def end_all(index: int) -> None:
+        barrier.wait()
+        for item in items:
+            if index % 2:
+                item.complete(output={"by": index})
+            else:
+                item.fail(RuntimeError(f"by {index}"))
+        turn.complete()
+
+    threads = [threading.Thread(target=end_all, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    events = logged(emitter)
+    ended = [e["item"]["id"] for e in events if e["type"] == "item.completed"]
+    assert sorted(ended) == sorted(item.id for item in items)  # each once
+    assert types(events).count("turn.completed") == 1
+    assert emitter.open_work() == []
+    spans = [s for s in telemetry.spans() if s.name == "execute_tool db"]
+    assert len(spans) == 50
+
+
+def test_a_repeated_description_is_scrubbed_every_time(emitter: EventEmitter) -> None:
+    # Short texts are scrubbed once per distinct text (a cache): every use still is.
+    description = "curl -H 'Authorization: Bearer abcdefghijklmnop' https://api"
+    with emitter.turn() as turn:
+        for _ in range(3):
+            turn.item("command_execution", description).complete()
+    started = [e["item"]["description"] for e in logged(emitter) if e["type"] == "item.started"]
+    assert len(started) == 3
+    assert all("abcdefghijklmnop" not in d and "[REDACTED]" in d for d in started)
