@@ -89,7 +89,8 @@ def _hex_ids(span: Span) -> tuple[str | None, str | None]:
     ctx = span.get_span_context()
     if not ctx.is_valid:
         return None, None
-    return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+    # W3C hex; bytes.hex() is about twice as fast as formatting the int.
+    return ctx.trace_id.to_bytes(16, "big").hex(), ctx.span_id.to_bytes(8, "big").hex()
 
 
 def _open_parent(emitter: EventEmitter, turn: Turn | None) -> Item | None:
@@ -283,7 +284,7 @@ class Item(_Scope):
         if turn is not None and turn.trace_id is not None:
             # Same trace as its turn: only the span id needs formatting.
             self.trace_id = turn.trace_id
-            self.span_id = f"{self.span.get_span_context().span_id:016x}"
+            self.span_id = self.span.get_span_context().span_id.to_bytes(8, "big").hex()
         else:
             self.trace_id, self.span_id = _hex_ids(self.span)
         self.started_at = rec.clock.format(self.started_ns)
