@@ -41,7 +41,7 @@ $(BIN)/.bench-installed: $(BIN)/.installed pyproject.toml
 
 bench: setup $(BIN)/.bench-installed
 	$(BIN)/python benchmarks/bench_emitter.py
-	$(BIN)/python benchmarks/bench_peers.py
+	$(BIN)/python benchmarks/bench_peers.py --callgrind
 	$(BIN)/python benchmarks/bench_growth.py
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_bridge.py
