@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo live test lint bench servers clean
+.PHONY: setup demo live test lint bench bench-redis servers clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,14 @@ bench: setup $(BIN)/.bench-installed
 	$(BIN)/python benchmarks/bench_growth.py
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_bridge.py
+	$(BIN)/python benchmarks/bench_import.py
+	$(BIN)/python benchmarks/bench_page.py
+
+# Two bridge replicas on Redis beside the in-memory bridge and Centrifugo (built once
+# through the Go module proxy by scripts/install-centrifugo.sh, about 2 minutes).
+bench-redis: setup servers
+	bash scripts/install-centrifugo.sh
+	$(BIN)/python benchmarks/bench_redis.py
 
 clean:
 	rm -rf $(VENV) .cache out

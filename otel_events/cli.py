@@ -43,12 +43,14 @@ def ingest(
     Bad lines are reported on stderr as `line N: ...`; the rest are still ingested, and
     the exit status is 1 if any line was rejected.
     """
-    from otel_events.config import configure
+    from otel_events.config import configure, live_span_delay
     from otel_events.emitter import default_agent_name
     from otel_events.ingest import Ingester
     from otel_events.metrics import AgentMetrics
 
-    telemetry = configure(service_name, endpoint=endpoint, protocol=protocol, set_global=False)
+    # Read from a pipe, spans leave a moment after their turn ends (a live view).
+    telemetry = configure(service_name, endpoint=endpoint, protocol=protocol, set_global=False,
+                          span_delay_ms=live_span_delay() if file == "-" else None)
     provider = telemetry.tracer_provider
     ingester = Ingester(
         provider.get_tracer("otel_events", __version__),

@@ -203,7 +203,7 @@ def main(command: Sequence[str], *, service_name: str | None = None,
          bridge_token: str | None = None, usage_state: str | None = None) -> int:
     """``otel-events run``: set everything up, then ``watch`` COMMAND."""
     from otel_events import __version__
-    from otel_events.config import configure
+    from otel_events.config import configure, live_span_delay
     from otel_events.emitter import default_agent_name
     from otel_events.ingest import Ingester, UsageLedger
     from otel_events.metrics import AgentMetrics
@@ -213,7 +213,8 @@ def main(command: Sequence[str], *, service_name: str | None = None,
     sys.stdout.flush()
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    telemetry = configure(service_name, endpoint=endpoint, protocol=protocol, set_global=False)
+    telemetry = configure(service_name, endpoint=endpoint, protocol=protocol,
+                          span_delay_ms=live_span_delay(), set_global=False)
     provider = telemetry.tracer_provider
     ingester = Ingester(
         provider.get_tracer("otel_events", __version__),
