@@ -9,8 +9,6 @@ from typing import Annotated
 import orjson
 import typer
 
-from otel_events import __version__
-
 app = typer.Typer(help="Make an AI agent's work observable: events, traces, metrics, SSE.",
                   no_args_is_help=True, add_completion=False)
 
@@ -23,20 +21,24 @@ def schema() -> None:
     sys.stdout.write(orjson.dumps(event_json_schema(), option=orjson.OPT_INDENT_2).decode())
     sys.stdout.write("\n")
 
+# Where spans and metrics go, and under which names: the same options on every command.
+ServiceName = Annotated[
+    str | None, typer.Option(help="service.name (else OTEL_SERVICE_NAME).")]
+AgentName = Annotated[
+    str | None, typer.Option(help="gen_ai.agent.name (else the service name).")]
+Endpoint = Annotated[
+    str | None, typer.Option(help="OTLP endpoint (else OTEL_EXPORTER_OTLP_ENDPOINT).")]
+OtlpProtocol = Annotated[
+    str | None, typer.Option(help="grpc or http/protobuf (else OTEL_EXPORTER_OTLP_PROTOCOL).")]
+
 
 @app.command()
 def ingest(
     file: Annotated[str, typer.Argument(help="A Codex JSONL file, or - for stdin.")] = "-",
-    service_name: Annotated[
-        str | None, typer.Option(help="service.name (else OTEL_SERVICE_NAME).")] = None,
-    agent_name: Annotated[
-        str | None, typer.Option(help="gen_ai.agent.name (else the service name).")] = None,
-    endpoint: Annotated[
-        str | None, typer.Option(help="OTLP endpoint (else OTEL_EXPORTER_OTLP_ENDPOINT).")] = None,
-    protocol: Annotated[
-        str | None,
-        typer.Option(help="grpc or http/protobuf (else OTEL_EXPORTER_OTLP_PROTOCOL)."),
-    ] = None,
+    service_name: ServiceName = None,
+    agent_name: AgentName = None,
+    endpoint: Endpoint = None,
+    protocol: OtlpProtocol = None,
 ) -> None:
     """Replay a `codex exec --json` stream as OpenTelemetry spans and metrics.
 
@@ -44,19 +46,13 @@ def ingest(
     the exit status is 1 if any line was rejected.
     """
     from otel_events.config import configure, live_span_delay
-    from otel_events.emitter import default_agent_name
     from otel_events.ingest import Ingester
-    from otel_events.metrics import AgentMetrics
 
     # Read from a pipe, spans leave a moment after their turn ends (a live view).
     telemetry = configure(service_name, endpoint=endpoint, protocol=protocol, set_global=False,
                           span_delay_ms=live_span_delay() if file == "-" else None)
-    provider = telemetry.tracer_provider
-    ingester = Ingester(
-        provider.get_tracer("otel_events", __version__),
-        AgentMetrics(telemetry.meter_provider.get_meter("otel_events", __version__)),
-        agent_name or default_agent_name(provider),
-    )
+    ingester = Ingester.from_providers(telemetry.tracer_provider, telemetry.meter_provider,
+                                       agent_name)
     if file == "-":
         result = ingester.feed_lines(sys.stdin)
     else:
@@ -99,16 +95,10 @@ def run(
         help="Post the events to the bridge at this URL as they arrive.")] = None,
     bridge_token: Annotated[str | None, typer.Option(
         envvar="OTEL_EVENTS_BRIDGE_TOKEN", help="The bridge's bearer token.")] = None,
-    service_name: Annotated[
-        str | None, typer.Option(help="service.name (else OTEL_SERVICE_NAME).")] = None,
-    agent_name: Annotated[
-        str | None, typer.Option(help="gen_ai.agent.name (else the service name).")] = None,
-    endpoint: Annotated[
-        str | None, typer.Option(help="OTLP endpoint (else OTEL_EXPORTER_OTLP_ENDPOINT).")] = None,
-    protocol: Annotated[
-        str | None,
-        typer.Option(help="grpc or http/protobuf (else OTEL_EXPORTER_OTLP_PROTOCOL)."),
-    ] = None,
+    service_name: ServiceName = None,
+    agent_name: AgentName = None,
+    endpoint: Endpoint = None,
+    protocol: OtlpProtocol = None,
     usage_state: Annotated[str | None, typer.Option(
         help="Codex's usage sums per thread, for per-turn usage across resumes "
              "(default: $XDG_STATE_HOME/otel-events/codex-usage.json).")] = None,

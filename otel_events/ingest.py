@@ -29,11 +29,13 @@ from typing import Any
 
 import orjson
 from opentelemetry import context as otel_context
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import (
     NonRecordingSpan,
     Span,
     SpanContext,
     Tracer,
+    TracerProvider,
     set_span_in_context,
 )
 from pydantic import ValidationError
@@ -282,6 +284,18 @@ class Ingester:
         # When the latest event happened, and whether any event carried its own time.
         self._last_ns = 0
         self._stamped = False
+
+    @classmethod
+    def from_providers(cls, tracer_provider: TracerProvider, meter_provider: MeterProvider,
+                       agent_name: str | None = None, **options: Any) -> Ingester:
+        """An ingester whose spans and metrics come from these providers under the
+        emitter's instrumentation scope and agent name; ``options`` as ``__init__``'s."""
+        from otel_events import __version__
+        from otel_events.emitter import default_agent_name
+
+        return cls(tracer_provider.get_tracer("otel_events", __version__),
+                   AgentMetrics(meter_provider.get_meter("otel_events", __version__)),
+                   agent_name or default_agent_name(tracer_provider), **options)
 
     def feed_lines(self, lines: Iterable[str | bytes]) -> IngestResult:
         """Ingest every line; a bad line is recorded as rejected and the rest go on."""

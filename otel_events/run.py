@@ -202,11 +202,8 @@ def main(command: Sequence[str], *, service_name: str | None = None,
          protocol: str | None = None, events: str | None = None, bridge: str | None = None,
          bridge_token: str | None = None, usage_state: str | None = None) -> int:
     """``otel-events run``: set everything up, then ``watch`` COMMAND."""
-    from otel_events import __version__
     from otel_events.config import configure, live_span_delay
-    from otel_events.emitter import default_agent_name
     from otel_events.ingest import Ingester, UsageLedger
-    from otel_events.metrics import AgentMetrics
 
     # Our stdout carries COMMAND's stream only: anything else this process would print
     # there (a console exporter, say) goes to stderr instead.
@@ -215,11 +212,8 @@ def main(command: Sequence[str], *, service_name: str | None = None,
     os.dup2(2, 1)
     telemetry = configure(service_name, endpoint=endpoint, protocol=protocol,
                           span_delay_ms=live_span_delay(), set_global=False)
-    provider = telemetry.tracer_provider
-    ingester = Ingester(
-        provider.get_tracer("otel_events", __version__),
-        AgentMetrics(telemetry.meter_provider.get_meter("otel_events", __version__)),
-        agent_name or default_agent_name(provider),
+    ingester = Ingester.from_providers(
+        telemetry.tracer_provider, telemetry.meter_provider, agent_name,
         usage=UsageLedger(usage_state or default_usage_state()),
         # Codex names no turns: ids unique across runs, so a bridge keeps resumes apart.
         turn_prefix=f"turn_{time.time_ns() // 1_000_000:x}_",
