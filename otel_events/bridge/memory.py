@@ -41,9 +41,12 @@ THREAD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 _THREAD_ID = re.compile(THREAD_ID_PATTERN)
 
 
-
 # Most accepted events a thread holds before folding them into its state.
 _MAX_UNFOLDED = 64
+# How long after an append its events are folded into the thread's state: long enough
+# that the readers have sent them (and, on a busy machine, that the clients have had the
+# CPU to take them), short enough that few events wait.
+_FOLD_DELAY = 0.001
 
 
 def valid_thread_id(thread_id: str) -> bool:
@@ -82,6 +85,7 @@ class MemoryThread:
         # Accepted events not folded into the snapshot yet: the fold waits until the
         # readers have their batch (see MemoryBroker.append), or until someone asks.
         self._unfolded: list[tuple[Event, int]] = []
+        self._fold_timer: asyncio.TimerHandle | None = None
         self.max_age = max_age
         #: Bytes of event JSON this thread holds for replay, and their bound.
         self.bytes = 0
@@ -92,11 +96,17 @@ class MemoryThread:
         self.last_active = time.monotonic()
         # (arrival time, seq), oldest first: what age-based retention trims.
         self._arrivals: deque[tuple[float, int]] = deque()
-        self._seen: dict[tuple[int, int], None] = {}
+        # Producer lines accepted recently, and the same keys oldest first: forgetting
+        # the oldest from a dict (``next(iter(...))``) gets slower with each deletion,
+        # as the dict's head fills with dead slots, until it is rebuilt.
+        self._seen: set[tuple[int, int]] = set()
+        self._seen_order: deque[tuple[int, int]] = deque()
         self._dedup_window = dedup_window
         self._snapshot_json: tuple[int, bytes] | None = None
         #: Scratch space of the SSE layer (see ``Batch.shared``).
         self.shared: dict[Any, Any] = {}
+        # Readers parked until the next event (see ``wait``).
+        self._parked: dict[asyncio.Future[None], None] = {}
 
     def publish(self, event: Event, digest: int | None = None,
                 raw: dict[str, Any] | None = None) -> int | None:
@@ -129,14 +139,16 @@ class MemoryThread:
                 event.thread_id = self.thread_id
             data = encode_event(event)
         if key is not None:
-            seen = self._seen
-            seen[key] = None
-            if len(seen) > self._dedup_window:
-                del seen[next(iter(seen))]
+            self._seen.add(key)
+            self._seen_order.append(key)
+            if len(self._seen_order) > self._dedup_window:
+                self._seen.discard(self._seen_order.popleft())
         overwritten = log.get(seq - log.capacity)  # the ring's slot being reused
         if overwritten is not None:
             self._release(len(overwritten.json))
         log.append(event.type, data)
+        if self._parked:
+            self.wake()
         self.bytes += len(data)
         self._budget.total += len(data)
         self._unfolded.append((event, seq))
@@ -200,6 +212,16 @@ class MemoryThread:
         self.fold()
         return self._snapshot
 
+    def fold_later(self) -> None:
+        """Fold what is pending a moment from now, out of the readers' way."""
+        if self._fold_timer is None and self._unfolded:
+            self._fold_timer = asyncio.get_running_loop().call_later(
+                _FOLD_DELAY, self._fold_due)
+
+    def _fold_due(self) -> None:
+        self._fold_timer = None
+        self.fold()
+
     def fold(self) -> None:
         """Fold the accepted events the snapshot has not seen yet."""
         if self._unfolded:
@@ -222,6 +244,42 @@ class MemoryThread:
         self._budget.total -= self.bytes
         self.bytes = 0
         self.log.close()
+        self.wake()
+        if self._fold_timer is not None:
+            self._fold_timer.cancel()
+            self._fold_timer = None
+
+    async def wait(self, seq: int) -> None:
+        """Return once the thread holds ``seq`` (or is dropped, or ``wake`` is called).
+
+        The log's own ``Cursor.wait`` serves publishers in any thread, so it wakes its
+        readers through a loop callback, which then resolves their futures: two loop
+        turns before a reader runs. Here the publisher is always this loop's task, so
+        ``publish`` resolves the parked readers' futures itself, and they run in the
+        very next turn (an event reaches a client one loop turn sooner).
+        """
+        log = self.log
+        if seq < log.next_seq or log.closed:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._parked[fut] = None
+        try:
+            await fut
+        finally:
+            # A reader that went away (cancelled) must not stay listed.
+            self._parked.pop(fut, None)
+
+    def wake(self) -> None:
+        """Wake every parked reader (they re-check, and park again if need be)."""
+        parked, self._parked = self._parked, {}
+        for fut in parked:
+            if not fut.done():
+                fut.set_result(None)
+
+    @property
+    def parked(self) -> int:
+        """Readers waiting for the next event now (a diagnostic)."""
+        return len(self._parked)
 
     def reset(self, reason: str) -> Reset:
         return Reset(reason, self.epoch, self.snapshot.seq, self.snapshot_json())
@@ -273,7 +331,7 @@ class MemoryReader:
                 return Batch(thread.epoch, entries, start, cursor.position, thread.shared)
             if cursor.at_end():
                 return None
-            await cursor.wait()
+            await thread.wait(cursor.position)
 
     @staticmethod
     def _cut(entries: list[Entry], limit: int, cursor: Cursor) -> list[Entry]:
@@ -306,6 +364,7 @@ class MemoryReader:
         if self._cursor is not None:
             self._cursor.close()
         if self._thread is not None:
+            self._thread.wake()  # if this reader is parked (closed from another task)
             self._thread.readers -= 1
             # Idle time counts from the last reader too, not only the last event.
             self._thread.last_active = time.monotonic()
@@ -381,13 +440,14 @@ class MemoryBroker:
             if self.budget.over:
                 self.enforce_budget()
         if accepted:
-            # The readers first, the fold after: appending woke them through one loop
-            # callback; two loop turns let it run and the woken readers send their batch
-            # before this request folds the events into the thread's state (the state is
-            # folded on demand too, so a reset or a GET never sees it stale).
+            # The readers first: publishing resolved the parked readers' futures, so
+            # their tasks are queued ahead of this one, and one loop turn lets them send
+            # before this request goes on to build its answer. The events are folded
+            # into the thread's state a moment later, when the clients have had their
+            # bytes (the state is folded on demand too, so a reset or a GET never sees
+            # it stale).
+            thread.fold_later()
             await asyncio.sleep(0)
-            await asyncio.sleep(0)
-            thread.fold()
         return Appended(accepted, duplicates, last_seq)
 
     def reader(self, thread_id: str, position: Position | None) -> MemoryReader:
