@@ -165,9 +165,9 @@ def make_turn(variant: str, metrics: bool) -> tuple[Callable[[], None], Callable
 
         def otel_events_turn() -> None:
             with emitter.turn() as turn:
-                for _ in range(STEPS):
+                for i in range(STEPS):
                     with turn.item("sql_execution", "Running the revenue query",
-                                   name="sqlite") as item:
+                                   name="sqlite", call_id=f"call_{i}") as item:
                         item.complete(output=OUTPUT)
                 turn.add_usage(**USAGE)
 

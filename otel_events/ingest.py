@@ -58,7 +58,13 @@ from otel_events.protocol import (
     parse_event,
 )
 from otel_events.redaction import Content
-from otel_events.tracing import end_span, set_usage, start_item_span, start_turn_span
+from otel_events.tracing import (
+    end_span,
+    set_item_status,
+    set_usage,
+    start_item_span,
+    start_turn_span,
+)
 
 __all__ = ["IngestResult", "Ingester", "UsageLedger", "decode_line", "describe_item",
            "parse_line"]
@@ -436,7 +442,7 @@ class Ingester:
                 parent = set_span_in_context(parent_item.span)
             span, operation = start_item_span(
                 self.tracer, parent, item.id, item.type, description, item.name or item.tool,
-                item.parent_id, start_time=now)
+                item.parent_id, start_time=now, call_id=item.call_id)
             if attributes:
                 span.set_attributes(attributes)
             current = turn.items[item.id] = _OpenItem(span, now, operation, item, description)
@@ -465,9 +471,11 @@ class Ingester:
         if item.exit_code is not None:
             span.set_attribute("process.exit.code", item.exit_code)
         output = _output_of(item)
-        if output is not None:
-            span.set_attributes(self.content.output_attributes(self.content.encode(output)))
-        span.set_attribute("otel_events.item.status", status)
+        attributes = ({} if output is None
+                      else self.content.output_attributes(self.content.encode(output)))
+        set_item_status(attributes, status)
+        if attributes:
+            span.set_attributes(attributes)
         ending = ending_of(message, error_type=error_type)
         end_span(span, ending, message=ending.message and self.content.text(ending.message),
                  end_time=now)
@@ -484,9 +492,8 @@ class Ingester:
         description = self.content.text(describe_item(item))
         if description != open_item.description:
             span.set_attribute("otel_events.item.description", description)
-        call_id = (item.model_extra or {}).get("call_id")
-        if call_id and open_item.operation == "execute_tool":
-            span.set_attribute("gen_ai.tool.call.id", str(call_id))
+        if item.call_id and open_item.operation == "execute_tool":
+            span.set_attribute("gen_ai.tool.call.id", item.call_id)
 
     def _orphans(self, now: int) -> None:
         """Work that came outside any turn: spans of the thread, with no turn of their own."""

@@ -119,6 +119,8 @@ class ThreadItem(_Open):
     name: str | None = None
     #: The enclosing item's id when items nest.
     parent_id: str | None = None
+    #: The model's id for this tool call (``gen_ai.tool.call.id`` on the span).
+    call_id: str | None = None
     output: Any = None
     error: ErrorInfo | None = None
     started_at: Timestamp | None = None

@@ -40,8 +40,10 @@ _SECRET = re.compile(
 
 # Every pattern above contains one of these (lower-cased): a plain substring test over the
 # text is several times cheaper than the regex, and most outputs hold no secret at all.
-_TRIGGERS = ("bearer", "basic", "key", "secret", "passw", "token", "://", "sk-", "akia",
-             "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "xox")
+# GitHub's five token prefixes are tested only when "gh" is there: four tests fewer on
+# every clean text.
+_TRIGGERS = ("key", "token", "secret", "passw", "bearer", "basic", "://", "sk-", "akia", "xox")
+_GITHUB = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_")
 
 
 def _mask(match: re.Match[str]) -> str:
@@ -56,6 +58,10 @@ def scrub_secrets(text: str) -> str:
     for trigger in _TRIGGERS:
         if trigger in lowered:
             return _SECRET.sub(_mask, text)
+    if "gh" in lowered:
+        for trigger in _GITHUB:
+            if trigger in lowered:
+                return _SECRET.sub(_mask, text)
     return text
 
 
@@ -108,11 +114,15 @@ class Content:
         return _scrub_short_text(value) if len(value) <= _SHORT_TEXT else scrub_secrets(value)
 
     def output_attributes(self, encoded: str) -> dict[str, Any]:
-        """The span attributes of an encoded output: itself (cut) if captured, its length."""
-        attributes: dict[str, Any] = {"otel_events.item.output.length": len(encoded)}
-        if self.capture:
-            attributes["otel_events.item.output"] = self.attribute(encoded)
-        return attributes
+        """The span attributes of an encoded output: the output (cut to
+        ``max_attribute_chars``) if captured, and its length when the span does not
+        carry it whole (every attribute costs the SDK as much again on each span)."""
+        if not self.capture:
+            return {"otel_events.item.output.length": len(encoded)}
+        if len(encoded) <= self.max_attribute_chars:
+            return {"otel_events.item.output": encoded}
+        return {"otel_events.item.output": self.attribute(encoded),
+                "otel_events.item.output.length": len(encoded)}
 
     def attribute(self, encoded: str) -> str:
         """An encoded value cut to ``max_attribute_chars`` for a span attribute."""

@@ -16,6 +16,7 @@ from otel_events.endings import Ending
 __all__ = [
     "end_span",
     "item_operation",
+    "set_item_status",
     "set_usage",
     "start_item_span",
     "start_turn_span",
@@ -73,8 +74,13 @@ def start_item_span(
     name: str | None,
     parent_id: str | None = None,
     start_time: int | None = None,
+    call_id: str | None = None,
 ) -> tuple[Span, str | None]:
-    """The span of one item, with its identifying attributes; returns it and its operation."""
+    """The span of one item, with its identifying attributes; returns it and its operation.
+
+    ``call_id`` is the model's id for a tool call (an item's ``call_id`` field), the
+    ``gen_ai.tool.call.id`` of the conventions; the item's own id is not one.
+    """
     operation, kind = _OPERATIONS.get(item_type, _NO_OPERATION)
     target = name or item_type
     attributes: dict[str, Any] = {
@@ -92,7 +98,8 @@ def start_item_span(
         attributes["gen_ai.operation.name"] = operation
         if operation == "execute_tool":
             attributes["gen_ai.tool.name"] = target
-            attributes["gen_ai.tool.call.id"] = item_id
+            if call_id:
+                attributes["gen_ai.tool.call.id"] = call_id
         elif operation == "retrieval":
             attributes["gen_ai.data_source.id"] = target
         else:
@@ -101,6 +108,15 @@ def start_item_span(
         span_name, context=context, kind=kind, attributes=attributes, start_time=start_time
     )
     return span, operation
+
+
+def set_item_status(attributes: dict[str, Any], status: str) -> None:
+    """``otel_events.item.status`` for an item that did not complete (failed, declined,
+    cancelled, abandoned). A completed item's span carries no status attribute: no
+    ``error.type`` and no ERROR status already say it, and each attribute costs the SDK
+    about a sixth of a bare span."""
+    if status != "completed":
+        attributes["otel_events.item.status"] = status
 
 
 def end_span(span: Span, ending: Ending, *, message: str | None = None,

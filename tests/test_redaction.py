@@ -15,6 +15,9 @@ from otel_events.redaction import Content, scrub_secrets
     ("postgres://app:hunter2@db.internal/sales", "hunter2"),
     ("aws AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
     ("token ghp_0123456789abcdefghijABCDEFGHIJ", "ghp_0123456789abcdefghij"),
+    # GitHub tokens alone: the prefixes are tested only once "gh" is seen.
+    ("cloned with ghs_0123456789abcdefghijABCDEFGHIJ", "ghs_0123456789abcdefghij"),
+    ("gho_0123456789abcdefghijABCDEFGHIJ", "gho_0123456789abcdefghij"),
     ("slack xoxb-1234567890-abcdefghij", "xoxb-1234567890"),
     ("api_key=abc123secret&x=1", "abc123secret"),
     ("PASSWORD: letmein!", "letmein!"),

@@ -13,7 +13,8 @@ from .conftest import Telemetry
 def test_span_tree_names_kinds_and_attributes(emitter: EventEmitter,
                                               telemetry: Telemetry) -> None:
     with emitter.turn() as turn:
-        turn.item("sql_execution", "Revenue query", name="sqlite").complete(output={"n": 1})
+        turn.item("sql_execution", "Revenue query", name="sqlite",
+                  call_id="call_9f2").complete(output={"n": 1})
         turn.item("doc_retrieval", "Searching the handbook", name="handbook").complete()
         turn.item("guardrail_check", "PII check").complete()
         turn.item("mcp_tool_call", "Calling db.query", tool="query").complete()
@@ -40,10 +41,17 @@ def test_span_tree_names_kinds_and_attributes(emitter: EventEmitter,
     sql = telemetry.span("execute_tool sqlite").attributes or {}
     assert sql["gen_ai.operation.name"] == "execute_tool"
     assert sql["gen_ai.tool.name"] == "sqlite"
-    assert sql["gen_ai.tool.call.id"] == sql["otel_events.item.id"]
+    # The model's tool call id, given as the item's call_id; the item's own id is not one.
+    assert sql["gen_ai.tool.call.id"] == "call_9f2"
+    assert sql["otel_events.item.id"] == "item_1"
     assert sql["otel_events.item.type"] == "sql_execution"
     assert sql["otel_events.item.description"] == "Revenue query"
     assert sql["otel_events.item.output"] == '{"n":1}'
+    # Completed, output whole on the span: neither a status nor a length attribute.
+    assert "otel_events.item.status" not in sql
+    assert "otel_events.item.output.length" not in sql
+    assert "gen_ai.tool.call.id" not in (telemetry.span("execute_tool mcp_tool_call")
+                                         .attributes or {})
     assert (telemetry.span("retrieval handbook").attributes or {})[
         "gen_ai.data_source.id"] == "handbook"
 
@@ -108,7 +116,23 @@ def test_output_attribute_is_truncated_to_the_limit(telemetry: Telemetry) -> Non
     attributes = telemetry.span("execute_tool command_execution").attributes or {}
     value = str(attributes["otel_events.item.output"])
     assert value.startswith('"xxxx') and value.endswith("[truncated 452 chars]")
-    assert attributes["otel_events.item.output.length"] == 502
+    assert attributes["otel_events.item.output.length"] == 502  # not whole on the span
+    em.close()
+
+
+@pytest.mark.parametrize("end", ["fail", "decline", "cancel"])
+def test_an_item_that_did_not_complete_says_so_on_its_span(end: str,
+                                                           telemetry: Telemetry) -> None:
+    em = EventEmitter("t", "a", tracer_provider=telemetry.tracer_provider)
+    with em.turn() as turn:
+        item = turn.item("command_execution", "pytest")
+        if end == "fail":
+            item.fail(RuntimeError("boom"))
+        else:
+            getattr(item, end)("not now")
+    expected = {"fail": "failed", "decline": "declined", "cancel": "cancelled"}[end]
+    attributes = telemetry.span("execute_tool command_execution").attributes or {}
+    assert attributes["otel_events.item.status"] == expected
     em.close()
 
 

@@ -36,7 +36,7 @@ def run_agent(emitter: EventEmitter) -> tuple[str, str]:
                        name="catalog") as lookup:
             lookup.complete(output={"tables": ["revenue"]})
         with good.item(ItemType.SQL_EXECUTION, "Running the revenue query",
-                       name="sqlite") as query:
+                       name="sqlite", call_id="call_7q") as query:
             query.complete(output={"rows": 3, "total": 1234.5})
         good.add_usage(input_tokens=100, output_tokens=20, cached_input_tokens=10)
     with pytest.raises(QueryFailed), emitter.turn() as bad:
@@ -105,7 +105,7 @@ def check_good_turn(spans: list[StoredSpan], trace_id: str, service: str) -> Non
     assert json.loads(query.attributes["otel_events.item.output"]) == {"rows": 3,
                                                                        "total": 1234.5}
     assert query.attributes["gen_ai.tool.name"] == "sqlite"
-    assert query.attributes["gen_ai.tool.call.id"]
+    assert query.attributes["gen_ai.tool.call.id"] == "call_7q"
 
 
 def check_failed_turn(spans: list[StoredSpan], trace_id: str, service: str) -> None:
