@@ -2,9 +2,10 @@
 
 Variants (each in its own uvicorn server process, clients in another process):
 
-* ``bridge``: ``otel_events.bridge.create_app``; each event goes in-process through what
-  the ingest endpoint does with a body (``parse_batch``: JSON, checks, validation; then
-  ``MemoryThread.publish``: numbering, encoding, framing, state fold), minus HTTP.
+* ``bridge``: ``otel_events.bridge.create_app``; each chunk of events goes in-process
+  through what the ingest endpoint does with a body (``parse_batch``: JSON, checks,
+  validation; then ``MemoryBroker.append``: numbering, de-dup, encoding, wake-up, state
+  fold), minus HTTP. The clients frame what they read.
 * ``sse-starlette``: the plain pattern: an ``EventSourceResponse`` per client reading an
   (unbounded) ``asyncio.Queue`` of events and serialising each one (``ServerSentEvent``).
 * ``bare``: a ``StreamingResponse`` per client reading a queue of frames encoded once by
@@ -121,31 +122,42 @@ def build_app(variant: str, retention: int) -> Any:
         async def batched() -> StreamingResponse:
             return StreamingResponse(batched_stream(), media_type="text/event-stream")
 
-    async def publish_one(n: int, event: dict[str, Any]) -> None:
+    async def publish(events: list[tuple[int, dict[str, Any]]]) -> None:
         if variant == "bridge":
-            # What the ingest endpoint does with a line once it has the body: check it,
-            # then append it through the broker (numbering, log, state fold).
-            event["thread_id"] = current["thread"]
-            batch = parse_batch(orjson.dumps(event), "application/x-ndjson", current["thread"])
-            await registry.append(current["thread"], batch.events)
+            # What the ingest endpoint does with a body (a producer's batch, as HttpSink
+            # posts it): check every line, then append them through the broker
+            # (numbering, de-dup, log, wake-up; the state fold follows).
+            thread = current["thread"]
+            for _, event in events:
+                event["thread_id"] = thread
+            body = b"\n".join([orjson.dumps(event) for _, event in events])
+            batch = parse_batch(body, "application/x-ndjson", thread)
+            await registry.append(thread, batch.events)
         elif variant == "sse-starlette":
             for queue in queues:
-                queue.put_nowait((n, event))
+                for item in events:
+                    queue.put_nowait(item)
         else:
-            data = orjson.dumps(event)
-            frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (n, event["type"].encode(), data)
-            for queue in queues:
-                queue.put_nowait(frame)
+            for n, event in events:
+                data = orjson.dumps(event)
+                frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (n, event["type"].encode(), data)
+                for queue in queues:
+                    queue.put_nowait(frame)
 
     async def publisher(count: int, interval: float) -> None:
+        # Without an interval, chunks of 100 events, each published at once (for the
+        # bridge, one ingest body) before the loop turns; with one, an event at a time,
+        # stamped before any of the server's work on it.
         chunk = 100 if interval == 0 else 1
         for start in range(1, count + 1, chunk):
+            events = []
             for n in range(start, min(start + chunk, count + 1)):
                 kind = "turn.completed" if n == count else "item.completed"
                 event = make_event(n, kind)
                 if interval:
                     event["sent_ns"] = time.time_ns()
-                await publish_one(n, event)
+                events.append((n, event))
+            await publish(events)
             await asyncio.sleep(interval)
 
     @app.get("/bench/readers")
