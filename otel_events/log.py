@@ -128,11 +128,11 @@ class EventLog:
         seq = self.next_seq
         entry = Entry(seq, type, json)
         ring = self._ring
-        if seq >= len(ring) and len(ring) < self.capacity:
-            # Before the first wrap every seq sits at its own index, so growing keeps
-            # every entry where it is.
-            ring.extend([None] * min(len(ring), self.capacity - len(ring)))
         slot = seq % self.capacity
+        if slot >= len(ring):
+            # Only while growing: before the first wrap every seq sits at its own index
+            # (slot == seq), so doubling the ring keeps every entry where it is.
+            ring.extend([None] * min(len(ring), self.capacity - len(ring)))
         old = ring[slot]
         if old is not None:  # the oldest event leaves (``_evict``, inlined: every append)
             if not old.transient:
