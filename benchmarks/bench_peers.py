@@ -12,8 +12,9 @@ written as its documentation shows:
   captured on spans (``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=SPAN_ONLY``).
 * ``logfire``: ``logfire.configure(local=True, send_to_logfire=False, console=False)``,
   ``logfire.span`` per turn and per step.
-* ``otel-events``: ``EventEmitter``, ``with turn.item(...) as item: item.complete(...)``;
-  it also writes the Codex-compatible event stream (two events per step) into its log.
+* ``otel-events``: ``EventEmitter``, ``with turn.item(..., call_id=...) as item:
+  item.complete(...)`` (the tool call id, as the others record it); it also writes the
+  Codex-compatible event stream (two events per step) into its log.
 
 Metrics off: no meter provider (the API's no-op). Metrics on: an SDK ``MeterProvider``
 with a periodic reader, what ``otel_events.configure()`` installs.
