@@ -304,8 +304,9 @@ class Item(_Scope):
         self.started_at = rec.clock.format(self.started_ns)
         # Which item an event is about, first in every item event: built once, copied
         # for each event (a copy is a third of the cost of building the dict again).
-        self._head = head = {"id": self.id, "type": self.type,
-                             "description": self.description, "status": _IN_PROGRESS}
+        head: dict[str, Any] = {"id": self.id, "type": self.type,
+                                "description": self.description, "status": _IN_PROGRESS}
+        self._head = head
         if name is not None:
             head["name"] = name
         if call_id is not None:
