@@ -284,7 +284,9 @@ _KNOWN: dict[str, type[_Event]] = {
 
 def _event_tag(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in _KNOWN else "unknown"
+    # A "type" that is not a string (a list, say) goes to the catch-all, whose model then
+    # refuses it with a ValidationError: never a TypeError from looking it up.
+    return kind if isinstance(kind, str) and kind in _KNOWN else "unknown"
 
 
 Event = Annotated[
@@ -312,6 +314,15 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 def parse_event(data: str | bytes | dict[str, Any]) -> Event:
     """Validate one event (a JSON line or a decoded object); raises ``ValidationError``."""
     if isinstance(data, dict):
+        kind = data.get("type")
+        if isinstance(kind, str):
+            # The model the union would pick, validated alone: the same event at about
+            # half the cost of the union's dispatch. A failure is validated again
+            # through the union below, so the error's locations are the protocol's.
+            try:
+                return _KNOWN.get(kind, UnknownEvent).model_validate(data)  # type: ignore[return-value]
+            except ValidationError:
+                pass
         return EVENT_ADAPTER.validate_python(data)
     return EVENT_ADAPTER.validate_json(data)
 

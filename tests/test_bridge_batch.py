@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from otel_events.bridge.batch import parse_batch
-from otel_events.protocol import describe_error, parse_event
+from otel_events.protocol import EVENT_ADAPTER, describe_error, parse_event
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -45,7 +45,10 @@ def test_valid_lines_give_the_protocols_event() -> None:
         batch = parse_batch(orjson.dumps(value), "application/x-ndjson", "th")
         assert not batch.rejected, batch.rejected
         [line] = batch.events
-        expected = parse_event(value)
+        # parse_event validates with the one model the union would pick: check it
+        # against the union itself.
+        expected = EVENT_ADAPTER.validate_python(value)
+        assert type(parse_event(value)) is type(expected)
         assert type(line.event) is type(expected)
         assert line.event.model_dump() == expected.model_dump()
         assert line.event.model_fields_set == expected.model_fields_set
@@ -54,7 +57,20 @@ def test_valid_lines_give_the_protocols_event() -> None:
 @pytest.mark.parametrize("value", INVALID, ids=lambda value: str(value["type"]))
 def test_invalid_lines_get_the_protocols_error_text(value: dict[str, Any]) -> None:
     with pytest.raises(ValidationError) as raised:
+        EVENT_ADAPTER.validate_python(value)  # the union's own error
+    with pytest.raises(ValidationError) as ours:
         parse_event(value)
+    assert describe_error(ours.value) == describe_error(raised.value)
     batch = parse_batch(orjson.dumps(value), "application/x-ndjson", "th")
     assert not batch.events
     assert batch.rejected == [(1, describe_error(raised.value))]
+
+
+@pytest.mark.parametrize("kind", [["x"], {"a": 1}, 5, None])
+def test_a_type_that_is_not_a_string_is_a_validation_error(kind: object) -> None:
+    # Found while moving the per-model fast path into parse_event: an unhashable type
+    # raised TypeError from the union's discriminator (a crash in ingest).
+    with pytest.raises(ValidationError):
+        parse_event({"type": kind})
+    with pytest.raises(ValidationError):
+        parse_event(orjson.dumps({"type": kind}))
