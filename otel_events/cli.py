@@ -30,6 +30,11 @@ Endpoint = Annotated[
     str | None, typer.Option(help="OTLP endpoint (else OTEL_EXPORTER_OTLP_ENDPOINT).")]
 OtlpProtocol = Annotated[
     str | None, typer.Option(help="grpc or http/protobuf (else OTEL_EXPORTER_OTLP_PROTOCOL).")]
+UsageState = Annotated[
+    str | None, typer.Option(help="Codex's usage sums per thread, kept across runs, for "
+                                  "per-turn usage of resumed sessions "
+                                  "(`run`'s default: $XDG_STATE_HOME/otel-events/"
+                                  "codex-usage.json).")]
 
 
 @app.command()
@@ -39,20 +44,23 @@ def ingest(
     agent_name: AgentName = None,
     endpoint: Endpoint = None,
     protocol: OtlpProtocol = None,
+    usage_state: UsageState = None,
 ) -> None:
     """Replay a `codex exec --json` stream as OpenTelemetry spans and metrics.
 
     Bad lines are reported on stderr as `line N: ...`; the rest are still ingested, and
-    the exit status is 1 if any line was rejected.
+    the exit status is 1 if any line was rejected. Codex reports usage summed over the
+    session: a resumed session's stream alone needs `--usage-state` (the file `run`
+    keeps, or one shared by earlier ingests) for each turn's own usage.
     """
     from otel_events.config import configure, live_span_delay
-    from otel_events.ingest import Ingester
+    from otel_events.ingest import Ingester, UsageLedger
 
     # Read from a pipe, spans leave a moment after their turn ends (a live view).
     telemetry = configure(service_name, endpoint=endpoint, protocol=protocol, set_global=False,
                           span_delay_ms=live_span_delay() if file == "-" else None)
     ingester = Ingester.from_providers(telemetry.tracer_provider, telemetry.meter_provider,
-                                       agent_name)
+                                       agent_name, usage=UsageLedger(usage_state))
     if file == "-":
         result = ingester.feed_lines(sys.stdin)
     else:
@@ -99,9 +107,7 @@ def run(
     agent_name: AgentName = None,
     endpoint: Endpoint = None,
     protocol: OtlpProtocol = None,
-    usage_state: Annotated[str | None, typer.Option(
-        help="Codex's usage sums per thread, for per-turn usage across resumes "
-             "(default: $XDG_STATE_HOME/otel-events/codex-usage.json).")] = None,
+    usage_state: UsageState = None,
 ) -> None:
     """Run COMMAND and watch its Codex JSONL live: `otel-events run -- codex exec --json "..."`.
 

@@ -115,6 +115,37 @@ def test_cli_reports_bad_lines_and_still_ingests_the_rest(tmp_path: Path) -> Non
                                     "agent_message"] + ["execute_tool command_execution"] * 2)
 
 
+def test_cli_gives_a_resumed_session_alone_its_own_usage_with_a_usage_state(
+        tmp_path: Path) -> None:
+    # Found in the Codex work: ingesting a resumed run's stream on its own reported
+    # Codex's session sum (1100) as the turn's usage; only `run` kept the earlier sums.
+    first, second = _split_runs(recorded("resume"))
+    state = tmp_path / "usage.json"
+
+    def ingest(lines: list[str], *options: str) -> list[int]:
+        run = subprocess.run(
+            [sys.executable, "-m", "otel_events", "ingest", "-", *options],
+            input="\n".join(lines) + "\n", text=True, capture_output=True, check=True,
+            env={"OTEL_TRACES_EXPORTER": "console", "OTEL_METRICS_EXPORTER": "none",
+                 "PATH": "", "PYTHONPATH": str(Path(__file__).parents[1])})
+        return [span["attributes"]["gen_ai.usage.input_tokens"]
+                for span in map(json.loads, _json_objects(run.stdout))
+                if span["name"].startswith("invoke_agent")]
+
+    assert ingest(second) == [1100]  # alone, nothing tells the earlier sum apart
+    assert ingest(first, "--usage-state", str(state)) == [100]
+    assert ingest(second, "--usage-state", str(state)) == [1000]
+
+
+def test_a_line_whose_type_is_not_a_string_is_rejected_alone(telemetry: Telemetry) -> None:
+    lines = ['{"type":["turn.started"]}', '{"type":"turn.started"}',
+             '{"type":"turn.completed","usage":{"input_tokens":1,"cached_input_tokens":0,'
+             '"output_tokens":1}}']
+    result = ingester(telemetry).feed_lines(lines)
+    assert [number for number, _ in result.rejected] == [1]
+    assert result.turns == 1
+
+
 def test_a_valid_but_unplaceable_timestamp_rejects_only_its_line(telemetry: Telemetry) -> None:
     lines = ['{"type":"turn.started","timestamp":"2016-12-31T23:59:60Z"}',  # a leap second
              '{"type":"turn.started","timestamp":"2026-11-25T08:00:00Z"}',
