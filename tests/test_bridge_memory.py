@@ -80,17 +80,17 @@ async def test_the_deferred_fold_runs_by_itself_and_is_cancelled_with_its_thread
     broker = MemoryBroker(idle_expiry=0)
     await broker.append("th", lines(turn_events("t1", 1)))
     thread = broker.get("th")
-    assert thread is not None and thread._unfolded  # not yet: the readers go first
+    assert thread is not None and thread.unfolded  # not yet: the readers go first
     for _ in range(10):
-        if not thread._unfolded:
+        if not thread.unfolded:
             break
         await asyncio.sleep(0)
-    assert not thread._unfolded and thread._fold_timer is None
+    assert not thread.unfolded and not thread.fold_scheduled
     monkeypatch.setattr(memory, "_FOLD_DELAY", 60)
     await broker.append("th", lines(turn_events("t2", 1)))
-    assert thread._fold_timer is not None
+    assert thread.fold_scheduled
     broker.sweep(now=thread.last_active + 1)  # expired: dropped with its timer
-    assert broker.get("th") is None and thread._fold_timer is None
+    assert broker.get("th") is None and not thread.fold_scheduled
 
 
 def test_the_de_duplication_window_forgets_the_oldest_lines() -> None:

@@ -281,6 +281,16 @@ class MemoryThread:
         """Readers waiting for the next event now (a diagnostic)."""
         return len(self._parked)
 
+    @property
+    def unfolded(self) -> int:
+        """Accepted events not folded into the state yet (a diagnostic)."""
+        return len(self._unfolded)
+
+    @property
+    def fold_scheduled(self) -> bool:
+        """A deferred fold is due (a diagnostic)."""
+        return self._fold_timer is not None
+
     def reset(self, reason: str) -> Reset:
         return Reset(reason, self.epoch, self.snapshot.seq, self.snapshot_json())
 
