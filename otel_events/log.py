@@ -94,9 +94,16 @@ class EventLog:
     serialises, as the emitter does under its lock). Readers are ``Cursor`` objects and
     run in asyncio loops or threads. What to forget besides the oldest events (by age,
     by bytes) is the owner's decision: it calls ``forget_before``.
+
+    ``wake_inline``: an append made in the thread of a loop whose readers wait resolves
+    them at once, so they run in the loop's next turn, instead of through a loop
+    callback (one turn later). For owners that append from a task of the readers' own
+    loop (the bridge's in-memory broker); the emitter keeps the callback, so an agent's
+    call costs the same however many readers wait.
     """
 
-    def __init__(self, capacity: int = 4096, start: int = 1) -> None:
+    def __init__(self, capacity: int = 4096, start: int = 1, *,
+                 wake_inline: bool = False) -> None:
         if capacity < 2:
             raise ValueError("capacity must be at least 2")
         if start < 1:
@@ -120,6 +127,7 @@ class EventLog:
         self._loop_waits: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, _LoopWaiters] = weakref.WeakKeyDictionary()
         self._closed = False
+        self._wake_inline = wake_inline
 
     # -- writing ---------------------------------------------------------------
 
@@ -178,6 +186,11 @@ class EventLog:
         """Wake-ups registered now: at most one per event loop plus one per blocked
         thread, however many readers wait (a diagnostic, and the fan-out's contract)."""
         return len(self._waiters)
+
+    @property
+    def parked(self) -> int:
+        """Readers waiting in event loops for the next event now (a diagnostic)."""
+        return sum(len(waiting.futures) for waiting in list(self._loop_waits.values()))
 
     # -- reading ---------------------------------------------------------------
 
@@ -266,14 +279,17 @@ class EventLog:
         if not waiting.armed:  # one wake-up registered per loop at a time
             waiting.armed = True
             owner = threading.get_ident()
+            inline = self._wake_inline
 
             def wake() -> None:
                 if loop.is_closed():
                     return
-                if threading.get_ident() == owner:
-                    loop.call_soon(waiting.resolve)
-                else:
+                if threading.get_ident() != owner:
                     loop.call_soon_threadsafe(waiting.resolve)
+                elif inline:
+                    waiting.resolve()
+                else:
+                    loop.call_soon(waiting.resolve)
 
             self._waiters.append(wake)
         waiting.futures[fut] = None

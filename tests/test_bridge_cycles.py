@@ -56,7 +56,7 @@ async def test_10000_connect_disconnect_cycles_leave_no_subscriber_and_no_memory
         # One shared wake-up per loop, however many readers came and went, and no
         # reader left parked on the thread.
         assert log.waiting <= 1
-        assert thread.parked == 0
+        assert thread.log.parked == 0
         # Anything kept per connection would show up 10,000 times over.
         grown = {name: after.get(name, 0) - count for name, count in before.items()
                  if after.get(name, 0) - count > 100}

@@ -27,10 +27,10 @@ async def test_a_parked_reader_gets_the_event_in_the_next_loop_turn() -> None:
     reader = broker.reader("th", None)
     waiting = asyncio.create_task(reader.next())
     await asyncio.sleep(0)
-    assert thread.parked == 1
+    assert thread.log.parked == 1
     [line] = lines([{"type": "turn.started", "turn_id": "t1"}])
     thread.publish(line.event, line.digest, line.raw)
-    assert thread.parked == 0  # resolved by the publish itself, no loop callback between
+    assert thread.log.parked == 0  # resolved by the append itself, no loop callback between
     await asyncio.sleep(0)
     assert waiting.done()
     batch = waiting.result()
@@ -44,12 +44,12 @@ async def test_parked_readers_end_when_closed_or_when_the_thread_is_dropped() ->
     first, second = broker.reader("th", None), broker.reader("th", None)
     waits = [asyncio.create_task(first.next()), asyncio.create_task(second.next())]
     await asyncio.sleep(0)
-    assert thread.parked == 2
+    assert thread.log.parked == 2
     first.close()  # from another task than its reader's
     assert await asyncio.wait_for(waits[0], 5) is None
     broker.close()
     assert await asyncio.wait_for(waits[1], 5) is None
-    assert thread.parked == 0
+    assert thread.log.parked == 0
 
 
 async def test_a_cancelled_reader_leaves_nothing_parked() -> None:
@@ -59,7 +59,7 @@ async def test_a_cancelled_reader_leaves_nothing_parked() -> None:
     await asyncio.sleep(0)
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
-    assert thread.parked == 0
+    assert thread.log.parked == 0
 
 
 async def test_the_fold_waits_but_the_state_is_never_stale() -> None:

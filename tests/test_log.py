@@ -265,3 +265,23 @@ def test_a_log_may_start_later_in_a_numbering_and_wraps_from_there() -> None:
     entries, _, _, gap = log.read(102)
     assert gap is None and [e.seq for e in entries] == [102, 103, 104, 105]
     assert log.get(101) is None and log.get(105) is not None
+
+
+@pytest.mark.parametrize(("inline", "turns"), [(True, 1), (False, 2)])
+async def test_an_inline_log_wakes_its_readers_a_loop_turn_sooner(inline: bool,
+                                                                  turns: int) -> None:
+    # The bridge's broker appends from a task of its readers' loop (inline: they run in
+    # the next turn); the emitter's log wakes them through one loop callback, so the
+    # agent's call does not resolve every parked reader itself.
+    log = EventLog(8, wake_inline=inline)
+    waiters = [asyncio.create_task(log.cursor().wait()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert log.parked == 3 and log.waiting == 1
+    log.append("turn.started", b'{"type":"turn.started"}')
+    assert log.parked == (0 if inline else 3)
+    taken = 0
+    while not all(waiter.done() for waiter in waiters):
+        await asyncio.sleep(0)
+        taken += 1
+        assert taken <= turns
+    assert taken == turns

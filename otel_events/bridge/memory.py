@@ -80,7 +80,9 @@ class MemoryThread:
                  budget: ByteBudget | None = None) -> None:
         self.thread_id = thread_id
         self.epoch = new_epoch()
-        self.log = EventLog(capacity)
+        # Appends come from request tasks of the readers' own loop: they wake the
+        # readers at once (see ``EventLog``), a loop turn sooner than a callback would.
+        self.log = EventLog(capacity, wake_inline=True)
         self._snapshot = ThreadSnapshot(thread_id, max_turns=max_turns)
         # Accepted events not folded into the snapshot yet: the fold waits until the
         # readers have their batch (see MemoryBroker.append), or until someone asks.
@@ -105,8 +107,6 @@ class MemoryThread:
         self._snapshot_json: tuple[int, bytes] | None = None
         #: Scratch space of the SSE layer (see ``Batch.shared``).
         self.shared: dict[Any, Any] = {}
-        # Readers parked until the next event (see ``wait``).
-        self._parked: dict[asyncio.Future[None], None] = {}
 
     def publish(self, event: Event, digest: int | None = None,
                 raw: dict[str, Any] | None = None) -> int | None:
@@ -147,8 +147,6 @@ class MemoryThread:
         if overwritten is not None:
             self._release(len(overwritten.json))
         log.append(event.type, data)
-        if self._parked:
-            self.wake()
         self.bytes += len(data)
         self._budget.total += len(data)
         self._unfolded.append((event, seq))
@@ -244,42 +242,9 @@ class MemoryThread:
         self._budget.total -= self.bytes
         self.bytes = 0
         self.log.close()
-        self.wake()
         if self._fold_timer is not None:
             self._fold_timer.cancel()
             self._fold_timer = None
-
-    async def wait(self, seq: int) -> None:
-        """Return once the thread holds ``seq`` (or is dropped, or ``wake`` is called).
-
-        The log's own ``Cursor.wait`` serves publishers in any thread, so it wakes its
-        readers through a loop callback, which then resolves their futures: two loop
-        turns before a reader runs. Here the publisher is always this loop's task, so
-        ``publish`` resolves the parked readers' futures itself, and they run in the
-        very next turn (an event reaches a client one loop turn sooner).
-        """
-        log = self.log
-        if seq < log.next_seq or log.closed:
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._parked[fut] = None
-        try:
-            await fut
-        finally:
-            # A reader that went away (cancelled) must not stay listed.
-            self._parked.pop(fut, None)
-
-    def wake(self) -> None:
-        """Wake every parked reader (they re-check, and park again if need be)."""
-        parked, self._parked = self._parked, {}
-        for fut in parked:
-            if not fut.done():
-                fut.set_result(None)
-
-    @property
-    def parked(self) -> int:
-        """Readers waiting for the next event now (a diagnostic)."""
-        return len(self._parked)
 
     @property
     def unfolded(self) -> int:
@@ -341,7 +306,7 @@ class MemoryReader:
                 return Batch(thread.epoch, entries, start, cursor.position, thread.shared)
             if cursor.at_end():
                 return None
-            await thread.wait(cursor.position)
+            await cursor.wait()
 
     @staticmethod
     def _cut(entries: list[Entry], limit: int, cursor: Cursor) -> list[Entry]:
@@ -374,7 +339,6 @@ class MemoryReader:
         if self._cursor is not None:
             self._cursor.close()
         if self._thread is not None:
-            self._thread.wake()  # if this reader is parked (closed from another task)
             self._thread.readers -= 1
             # Idle time counts from the last reader too, not only the last event.
             self._thread.last_active = time.monotonic()
@@ -450,7 +414,7 @@ class MemoryBroker:
             if self.budget.over:
                 self.enforce_budget()
         if accepted:
-            # The readers first: publishing resolved the parked readers' futures, so
+            # The readers first: appending resolved the parked readers' futures, so
             # their tasks are queued ahead of this one, and one loop turn lets them send
             # before this request goes on to build its answer. The events are folded
             # into the thread's state a moment later, when the clients have had their
