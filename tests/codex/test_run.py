@@ -282,7 +282,11 @@ def test_real_codex_sigint_through_run(codex: Codex, workdir: Path, telemetry: T
             os.kill(os.getpid(), signal.SIGINT)  # to `run`, which passes it on
 
     threading.Thread(target=interrupt, daemon=True).start()
-    assert watch(command, ingester(telemetry), out) == 1  # Codex's status after SIGINT
+    # Codex's own status, passed through (not 128+2: Codex handled the signal). Codex
+    # exits 1 after an interrupt; once, on a machine loaded by a parallel test run, it
+    # exited 0 ("failed to record rollout items: thread ... not found" on its stderr).
+    # What `run` owes either way: the status passed through, the turn abandoned.
+    assert watch(command, ingester(telemetry), out) in (0, 1)
     (turn,) = turns(telemetry)
     assert attrs(turn)["error.type"] == "abandoned"
     assert attrs(telemetry.span(COMMAND))["error.type"] == "abandoned"
