@@ -413,7 +413,7 @@ class Item(_Scope):
         else:
             span.end(end_time=end_ns)
         rec.metrics.record_item(self.type, status, duration_ms / 1e3, self._operation,
-                                self.name or self.type, error_type)
+                                self.name or self.type, error_type, self.context)
 
 
 class Turn(_Scope):

@@ -481,7 +481,7 @@ class Ingester:
                  end_time=now)
         self.metrics.record_item(item.type, status, (now - open_item.start_ns) / 1e9,
                                  open_item.operation, item.name or item.tool or item.type,
-                                 error_type)
+                                 error_type, set_span_in_context(span))
         if item.type == "collab_tool_call" and item.tool in (None, "spawn_agent"):
             for thread_id in (item.model_extra or {}).get("receiver_thread_ids") or []:
                 self._spawned.setdefault(str(thread_id), span.get_span_context())

@@ -112,9 +112,9 @@ def start_item_span(
 
 def set_item_status(attributes: dict[str, Any], status: str) -> None:
     """``otel_events.item.status`` for an item that did not complete (failed, declined,
-    cancelled, abandoned). A completed item's span carries no status attribute: no
-    ``error.type`` and no ERROR status already say it, and each attribute costs the SDK
-    about a sixth of a bare span."""
+    cancelled, abandoned), on its span and its duration metric. A completed item carries
+    no status attribute: no ``error.type`` (and on a span no ERROR status) already says
+    it, and each attribute costs the SDK about a sixth of a bare span."""
     if status != "completed":
         attributes["otel_events.item.status"] = status
 

@@ -25,11 +25,11 @@ def test_durations_counters_and_tokens(emitter: EventEmitter, telemetry: Telemet
     assert AGENT_BUCKETS[0] == 0.1 and AGENT_BUCKETS[-1] == 409.6
 
     # Each item in exactly one histogram: tool calls in the GenAI one, with the item type
-    # and status beside the tool name; the other items in otel_events.item.duration.
+    # beside the tool name; the other items in otel_events.item.duration. A completed
+    # item has no status (nor error.type): absent means completed, as on its span.
     tool = metrics["gen_ai.execute_tool.duration"]
     assert [dict(dp.attributes) for dp in tool] == [
-        {"gen_ai.tool.name": "sqlite", "otel_events.item.type": "sql_execution",
-         "otel_events.item.status": "completed"}]
+        {"gen_ai.tool.name": "sqlite", "otel_events.item.type": "sql_execution"}]
     assert list(tool[0].explicit_bounds) == TOOL_BUCKETS and TOOL_BUCKETS[-1] == 81.92
     assert [dict(dp.attributes) for dp in metrics["otel_events.item.duration"]] == [
         {"otel_events.item.type": "guardrail_check", "otel_events.item.status": "failed",
@@ -65,3 +65,34 @@ def test_a_failed_tool_step_is_one_point_with_its_status_and_error_type(
                    "otel_events.item.status": "failed", "error.type": "RuntimeError"},
         "cancelled": {"gen_ai.tool.name": "sh", "otel_events.item.type": "command_execution",
                       "otel_events.item.status": "cancelled", "error.type": "cancelled"}}
+
+
+def test_each_status_but_completed_is_a_label(emitter: EventEmitter,
+                                              telemetry: Telemetry) -> None:
+    with emitter.turn() as turn:
+        turn.item("doc_retrieval", "r").complete()
+        turn.item("doc_retrieval", "r").decline("not allowed")
+        turn.item("doc_retrieval", "r").fail("boom", error_type="Timeout")
+        turn.item("doc_retrieval", "r").cancel()
+        turn.item("doc_retrieval", "r")  # still open when the turn ends: abandoned
+    points = [dict(dp.attributes) for dp in telemetry.metrics()["otel_events.item.duration"]]
+    statuses = sorted(str(p.get("otel_events.item.status")) for p in points)
+    assert statuses == ["None", "cancelled", "declined", "failed", "failed"]
+    assert {p.get("error.type") for p in points} == {None, "Timeout", "cancelled", "abandoned"}
+
+
+def test_an_exemplar_links_a_step_duration_to_the_step_span(
+        emitter: EventEmitter, telemetry: Telemetry) -> None:
+    # The SDK's default exemplar filter samples measurements made in a sampled span's
+    # context: the item's span, not the turn's (current when the item ends).
+    with emitter.turn() as turn:
+        with turn.item("sql_execution", "q", name="sqlite"):
+            pass
+        explicit = turn.item("command_execution", "c", name="sh")
+        explicit.complete()
+    spans = {span.name: span.context for span in telemetry.spans()}
+    # Exemplars are handed over once, at the collection after their measurement.
+    points = telemetry.metrics()["gen_ai.execute_tool.duration"]
+    exemplars = {(e.trace_id, e.span_id) for dp in points for e in dp.exemplars}
+    assert exemplars == {(spans[name].trace_id, spans[name].span_id)
+                         for name in ("execute_tool sqlite", "execute_tool sh")}
