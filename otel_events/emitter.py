@@ -131,14 +131,21 @@ class _Scope:
     as ``otel_events.endings`` rules for the exception passing through.
     """
 
+    # Slots: an item is made for every step; without a __dict__ it is smaller, faster to
+    # read and one allocation fewer.
+    __slots__ = ("_context", "_otel_token", "_var_token", "span", "span_id", "trace_id",
+                 "turn_id")
     _current: ClassVar[contextvars.ContextVar[Any]]
     span: Span
     trace_id: str | None
     span_id: str | None
     turn_id: str | None
-    _context: otel_context.Context | None = None
-    _var_token: contextvars.Token[Any] | None = None
-    _otel_token: object | None = None
+    _context: otel_context.Context | None
+    _var_token: contextvars.Token[Any] | None
+    _otel_token: object | None
+
+    def _start_scope(self) -> None:
+        self._context = self._var_token = self._otel_token = None
 
     @property
     def context(self) -> otel_context.Context:
@@ -196,12 +203,12 @@ class _Recorder:
     """
 
     def __init__(self, thread_id: str, tracer: trace.Tracer, metrics: AgentMetrics,
-                 content: Content, capacity: int) -> None:
+                 content: Content, capacity: int, max_bytes: int) -> None:
         self.thread_id = thread_id
         self.tracer = tracer
         self.metrics = metrics
         self.content = content
-        self.log = EventLog(capacity)
+        self.log = EventLog(capacity, max_bytes=max_bytes)
         self.lock = threading.Lock()
         self.clock = _Clock()
         self.open_turns: dict[str, Turn] = {}
@@ -258,6 +265,8 @@ class _Recorder:
 class Item(_Scope):
     """One step of a turn. Ends exactly once: complete, fail, decline or cancel."""
 
+    __slots__ = ("_head", "_operation", "_rec", "call_id", "description", "emitter", "id",
+                 "name", "parent_id", "started_at", "started_ns", "status", "turn", "type")
     _current = _current_item
 
     def __init__(
@@ -272,6 +281,7 @@ class Item(_Scope):
         parent: Item | None,
         fields: dict[str, Any],
     ) -> None:
+        self._start_scope()
         self.emitter = emitter
         self.turn = turn
         rec = self._rec = emitter._recorder
@@ -419,9 +429,12 @@ class Item(_Scope):
 class Turn(_Scope):
     """One turn of the thread: the agent working on one prompt."""
 
+    __slots__ = ("_open_items", "_rec", "cached_input_tokens", "emitter", "ended", "id",
+                 "input_tokens", "output_tokens", "started_ns")
     _current = _current_turn
 
     def __init__(self, emitter: EventEmitter) -> None:
+        self._start_scope()
         self.emitter = emitter
         rec = self._rec = emitter._recorder
         self.id = self.turn_id = rec.next_turn_id()
@@ -518,8 +531,10 @@ class EventEmitter:
     """Reports one thread's turns and items as events, spans and metrics.
 
     ``tracer_provider`` / ``meter_provider`` default to the global ones (whatever the
-    application set up); the emitter never replaces them. ``buffer_size`` bounds the
-    events held for subscribers (see ``otel_events.log`` for the overflow policy).
+    application set up); the emitter never replaces them. ``buffer_size`` and
+    ``buffer_bytes`` bound the events held for subscribers and sinks, in count and in
+    bytes of JSON (see ``otel_events.log`` for the overflow policy): large outputs
+    cannot make the emitter hold more than ``buffer_bytes`` whatever a reader does.
     """
 
     def __init__(
@@ -531,6 +546,7 @@ class EventEmitter:
         meter_provider: metrics.MeterProvider | None = None,
         content: Content | None = None,
         buffer_size: int = 4096,
+        buffer_bytes: int = 16 * 2**20,
         sinks: Iterable[Sink] = (),
     ) -> None:
         tracer_provider = tracer_provider or trace.get_tracer_provider()
@@ -542,7 +558,7 @@ class EventEmitter:
         self._recorder = _Recorder(
             self.thread_id, tracer_provider.get_tracer("otel_events", __version__),
             AgentMetrics(meter_provider.get_meter("otel_events", __version__)),
-            self.content, buffer_size)
+            self.content, buffer_size, buffer_bytes)
         self.log = self._recorder.log
         self._closed = False
         self._sinks: list[Sink] = []

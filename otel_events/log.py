@@ -92,8 +92,10 @@ class EventLog:
 
     ``append`` may be called from any thread, but from one at a time (the caller
     serialises, as the emitter does under its lock). Readers are ``Cursor`` objects and
-    run in asyncio loops or threads. What to forget besides the oldest events (by age,
-    by bytes) is the owner's decision: it calls ``forget_before``.
+    run in asyncio loops or threads. ``max_bytes`` bounds the JSON held as well as the
+    count: past it the oldest events leave (the newest always stays, however large, so
+    a reader that keeps up gets it). Other rules (by age) are the owner's decision: it
+    calls ``forget_before``.
 
     ``wake_inline``: an append made in the thread of a loop whose readers wait resolves
     them at once, so they run in the loop's next turn, instead of through a loop
@@ -103,12 +105,17 @@ class EventLog:
     """
 
     def __init__(self, capacity: int = 4096, start: int = 1, *,
-                 wake_inline: bool = False) -> None:
+                 max_bytes: int | None = None, wake_inline: bool = False) -> None:
         if capacity < 2:
             raise ValueError("capacity must be at least 2")
         if start < 1:
             raise ValueError("start must be at least 1")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        #: Bytes of event JSON held now.
+        self.bytes = 0
         # Grown as events arrive, up to ``capacity``: a log that is made but little
         # used stays small. Growing relies on every seq sitting at its own index until
         # the first wrap, so a log that starts later (a mirror of a stream that is
@@ -146,8 +153,12 @@ class EventLog:
             if not old.transient:
                 self._lost_lifecycle_seq = old.seq
             self.first_seq = old.seq + 1
+            self.bytes -= len(old.json)
         ring[slot] = entry
         self.next_seq = seq + 1
+        self.bytes += len(json)
+        if self.max_bytes is not None and self.bytes > self.max_bytes:
+            self._trim_bytes(self.max_bytes)
         if self._waiters:
             self._wake()
         return entry
@@ -162,11 +173,22 @@ class EventLog:
             ring[self.first_seq % cap] = None
             self._evict(entry)
 
+    def _trim_bytes(self, limit: int) -> None:
+        """Drop the oldest events until ``limit`` bytes are held or only the newest is."""
+        ring, cap = self._ring, self.capacity
+        while self.bytes > limit and self.first_seq < self.next_seq - 1:
+            entry = ring[self.first_seq % cap]
+            if entry is None or entry.seq != self.first_seq:
+                break
+            ring[self.first_seq % cap] = None
+            self._evict(entry)
+
     def _evict(self, entry: Entry) -> None:
         if not entry.transient:
             self._lost_lifecycle_seq = entry.seq
         if entry.seq >= self.first_seq:
             self.first_seq = entry.seq + 1
+        self.bytes -= len(entry.json)
 
     def notify(self) -> None:
         """Wake every waiting reader (for example one asked to stop)."""

@@ -430,3 +430,24 @@ def test_a_repeated_description_is_scrubbed_every_time(emitter: EventEmitter) ->
     started = [e["item"]["description"] for e in logged(emitter) if e["type"] == "item.started"]
     assert len(started) == 3
     assert all("abcdefghijklmnop" not in d and "[REDACTED]" in d for d in started)
+
+
+def test_large_outputs_cannot_make_the_emitter_hold_more_than_buffer_bytes(
+        telemetry: Telemetry) -> None:
+    emitter = EventEmitter("big", "agent", tracer_provider=telemetry.tracer_provider,
+                           meter_provider=telemetry.meter_provider, buffer_bytes=100_000)
+    reader = emitter.log.cursor(after=0)
+    read: list[str] = []
+    with emitter.turn() as turn:
+        for _ in range(20):
+            turn.item("command_execution", "cat a big file", name="sh").complete(
+                output="x" * 30_000)
+            entries, gap = reader.read()  # a reader that keeps up loses nothing
+            assert gap is None
+            read += [entry.type for entry in entries]
+    assert emitter.log.bytes <= 100_000
+    assert read.count("item.completed") == 20
+    # The default bound is in bytes as well as in events.
+    assert EventEmitter("default", "agent", tracer_provider=telemetry.tracer_provider,
+                        meter_provider=telemetry.meter_provider).log.max_bytes == 16 * 2**20
+    emitter.close()

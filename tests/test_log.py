@@ -285,3 +285,28 @@ async def test_an_inline_log_wakes_its_readers_a_loop_turn_sooner(inline: bool,
         taken += 1
         assert taken <= turns
     assert taken == turns
+
+
+def test_max_bytes_bounds_the_json_held_and_keeps_the_newest_event() -> None:
+    log = EventLog(capacity=100, max_bytes=1000)
+    reader = log.cursor(after=0)
+    line = b"x" * 300
+    for _ in range(10):
+        log.append("item.completed", line)
+    # Three 300-byte events fit in 1000 bytes; the older seven left, oldest first.
+    assert (log.first_seq, log.next_seq, log.bytes) == (8, 11, 900)
+    entries, gap = reader.read()
+    assert entries == [] and gap is not None and gap.resume_seq == 8  # a lifecycle loss
+    # One event larger than the bound on its own is still held, alone, for readers.
+    log.append("item.completed", b"y" * 5000)
+    assert (len(log), log.bytes) == (1, 5000)
+    assert log.get(11) is not None and log.get(11).json == b"y" * 5000  # type: ignore[union-attr]
+    # The count bound and forget_before keep the byte count right too.
+    small = EventLog(capacity=4, max_bytes=10_000)
+    for i in range(10):
+        small.append("item.updated", b"z" * (i + 1))
+    assert small.bytes == 7 + 8 + 9 + 10
+    small.forget_before(9)
+    assert small.bytes == 9 + 10
+    with pytest.raises(ValueError, match="max_bytes"):
+        EventLog(max_bytes=0)
