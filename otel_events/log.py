@@ -158,25 +158,20 @@ class EventLog:
         self.next_seq = seq + 1
         self.bytes += len(json)
         if self.max_bytes is not None and self.bytes > self.max_bytes:
-            self._trim_bytes(self.max_bytes)
+            self._forget(seq, self.max_bytes)  # never this event: a reader keeping up gets it
         if self._waiters:
             self._wake()
         return entry
 
     def forget_before(self, seq: int) -> None:
         """Drop every event below ``seq`` (retention by age or size, decided by the owner)."""
-        ring, cap = self._ring, self.capacity
-        while self.first_seq < min(seq, self.next_seq):
-            entry = ring[self.first_seq % cap]
-            if entry is None or entry.seq != self.first_seq:
-                break
-            ring[self.first_seq % cap] = None
-            self._evict(entry)
+        self._forget(min(seq, self.next_seq), None)
 
-    def _trim_bytes(self, limit: int) -> None:
-        """Drop the oldest events until ``limit`` bytes are held or only the newest is."""
+    def _forget(self, end: int, max_bytes: int | None) -> None:
+        """Drop the oldest events below seq ``end``; with ``max_bytes``, only until no
+        more than that is held."""
         ring, cap = self._ring, self.capacity
-        while self.bytes > limit and self.first_seq < self.next_seq - 1:
+        while self.first_seq < end and (max_bytes is None or self.bytes > max_bytes):
             entry = ring[self.first_seq % cap]
             if entry is None or entry.seq != self.first_seq:
                 break
