@@ -33,7 +33,14 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import NoOpTracerProvider, set_span_in_context
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import callgrind_available, callgrind_per_op, interleave, python_argv, ratio
+from measure import (
+    bare_item_span,
+    callgrind_available,
+    callgrind_per_op,
+    interleave,
+    python_argv,
+    ratio,
+)
 from seed_emitter import SeedEmitter
 
 from otel_events import EventEmitter, JsonlSink
@@ -65,12 +72,7 @@ async def bare_span_items(tp: TracerProvider, n: int) -> None:
     parent = tracer.start_span("invoke_agent bench")
     ctx = set_span_in_context(parent)
     for i in range(n):
-        span = tracer.start_span("execute_tool sqlite", context=ctx, attributes={
-            "otel_events.item.id": f"item_{i}", "otel_events.item.type": "sql_execution",
-            "otel_events.item.description": "Running the revenue query",
-            "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "sqlite"})
-        span.set_attributes({"otel_events.item.output": orjson.dumps(OUTPUT).decode()})
-        span.end()
+        bare_item_span(tracer, ctx, i, orjson.dumps(OUTPUT).decode())
         if i % BATCH == 0:
             await asyncio.sleep(0)
     parent.end()

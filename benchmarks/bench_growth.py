@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import set_span_in_context
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import interleave, ratio
+from measure import bare_item_span, interleave, ratio
 
 from otel_events import EventEmitter
 
@@ -87,15 +87,7 @@ def bare_turns(p: Providers, size: int) -> None:
         parent = tracer.start_span("invoke_agent bench")
         ctx = set_span_in_context(parent)
         for i in range(size):
-            span = tracer.start_span("execute_tool sqlite", context=ctx, attributes={
-                "otel_events.item.id": f"item_{i}", "otel_events.item.type": "sql_execution",
-                "otel_events.item.description": "Running the revenue query",
-                "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "sqlite",
-                "gen_ai.tool.call.id": f"item_{i}"})
-            span.set_attributes({"otel_events.item.output": '{"rows":3,"total":1234.5}',
-                                 "otel_events.item.output.length": 26,
-                                 "otel_events.item.status": "completed"})
-            span.end()
+            bare_item_span(tracer, ctx, i, '{"rows":3,"total":1234.5}')
         parent.end()
 
 
