@@ -236,6 +236,7 @@ class _OpenItem:
     operation: str | None
     item: ThreadItem
     description: str
+    call_id: str | None
 
 
 @dataclass
@@ -445,7 +446,8 @@ class Ingester:
                 item.parent_id, start_time=now, call_id=item.call_id)
             if attributes:
                 span.set_attributes(attributes)
-            current = turn.items[item.id] = _OpenItem(span, now, operation, item, description)
+            current = turn.items[item.id] = _OpenItem(span, now, operation, item, description,
+                                                         item.call_id)
             self.result.items += 1
         current.item = item
         self.last_span = current.span
@@ -492,7 +494,8 @@ class Ingester:
         description = self.content.text(describe_item(item))
         if description != open_item.description:
             span.set_attribute("otel_events.item.description", description)
-        if item.call_id and open_item.operation == "execute_tool":
+        if (item.call_id and item.call_id != open_item.call_id
+                and open_item.operation == "execute_tool"):
             span.set_attribute("gen_ai.tool.call.id", item.call_id)
 
     def _orphans(self, now: int) -> None:
