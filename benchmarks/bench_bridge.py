@@ -13,8 +13,11 @@ Variants (each in its own uvicorn server process, clients in another process):
 * ``bare-batched``: the same, but each wake-up writes every queued frame in one write (the
   bridge's strategy; the ceiling for batched writes).
 
-Figures are printed as ratios to the baselines; nothing here is asserted.
-Run: ``python benchmarks/bench_bridge.py`` (about two minutes).
+Variants take turns within each round (each goes first in turn) and ratios are medians of
+the per-round ratios: the machine may be shared, and a ratio taken within one round is far
+steadier than a ratio of two medians. Nothing here is asserted.
+Run: ``python benchmarks/bench_bridge.py`` (about four minutes); ``--part latency`` or
+``--part fanout`` runs one part.
 """
 
 
@@ -361,28 +364,66 @@ def publisher_cost(count: int = 20_000) -> tuple[float, float]:
     return bridge, bare
 
 
+def _rotated(names: list[str], turn: int) -> list[str]:
+    """The variants in the order of round ``turn`` (each goes first in turn), so that a
+    change in the machine's load, or running right after another, falls on all alike."""
+    shift = turn % len(names)
+    return names[shift:] + names[:shift]
+
+
+def _ratio(per_round: dict[str, list[float]], name: str, baseline: str) -> float:
+    """The median of the per-round ratios ``name / baseline`` (steadier than a ratio of
+    two medians on a shared machine, see ``measure.py``)."""
+    return statistics.median(a / b for a, b in zip(per_round[name], per_round[baseline],
+                                                    strict=True))
+
+
+def measure_fan_out(repeats: int = 5) -> dict[int, dict[str, list[float]]]:
+    """Deliveries per second, per round, for each number of subscribers and variant."""
+    rates: dict[int, dict[str, list[float]]] = {clients: {} for clients in FAN_OUT}
+    servers = {variant: Server(variant, retention=32_768) for variant in VARIANTS}
+    try:
+        for turn in range(repeats):
+            for clients, count in FAN_OUT.items():
+                for variant in _rotated(list(VARIANTS), turn):
+                    server = servers[variant]
+                    elapsed, got, _ = run_clients(server.port, server.path(), clients, count)
+                    assert got == count, f"{variant}: a client got {got} of {count}"
+                    rates[clients].setdefault(variant, []).append(clients * count / elapsed)
+    finally:
+        for server in servers.values():
+            server.stop()
+    return rates
+
+
+def print_fan_out(rates: dict[int, dict[str, list[float]]]) -> None:
+    repeats = len(rates[next(iter(rates))][VARIANTS[0]])
+    print(f"\nFan-out throughput (event deliveries/s, median of {repeats} rounds; ratios: "
+          f"median of the per-round ratios), {os.cpu_count()} CPUs, clients in one other "
+          "process")
+    print(f"{'subscribers':>11} " + " ".join(f"{v:>14}" for v in VARIANTS)
+          + "   bridge/sse-starlette  bridge/bare  bridge/bare-batched")
+    for clients, per_round in rates.items():
+        row = [statistics.median(per_round[v]) for v in VARIANTS]
+        print(f"{clients:>11} " + " ".join(f"{r:>14,.0f}" for r in row)
+              + f"   {_ratio(per_round, 'bridge', 'sse-starlette'):>20.2f}x"
+              f" {_ratio(per_round, 'bridge', 'bare'):>11.2f}x"
+              f" {_ratio(per_round, 'bridge', 'bare-batched'):>19.2f}x")
+
+
+#: Subscribers, and events each round.
+FAN_OUT = {1: 20_000, 10: 5_000, 100: 1_000}
+
+
 def main(part: str = "all") -> None:
     if part == "latency":
         print_latency(measure_latency())
         return
-    counts = {1: 20_000, 10: 5_000, 100: 1_000}
-    repeats = 3
-    rates: dict[tuple[str, int], list[float]] = {}
+    if part == "fanout":
+        print_fan_out(measure_fan_out())
+        return
     memory: dict[str, tuple[list[int], int]] = {}
-    # Variants take turns within each repetition, so a change in the machine's load
-    # (it may be shared) falls on all of them alike.
-    servers = {variant: Server(variant, retention=32_768) for variant in VARIANTS}
-    try:
-        for _ in range(repeats):
-            for clients, count in counts.items():
-                for variant, server in servers.items():
-                    elapsed, got, _ = run_clients(server.port, server.path(), clients, count)
-                    assert got == count, f"{variant}: a client got {got} of {count}"
-                    rates.setdefault((variant, clients), []).append(clients * count / elapsed)
-    finally:
-        for server in servers.values():
-            server.stop()
-    throughput = {key: statistics.median(values) for key, values in rates.items()}
+    rates = measure_fan_out()
     latency = measure_latency()
     for variant in VARIANTS:
         server = Server(variant, retention=4096)
@@ -397,15 +438,7 @@ def main(part: str = "all") -> None:
           f"numbering, encoding, framing, state fold); bare {encode_us:.1f} us (encoding, "
           "framing); sse-starlette none (each client serialises). With one subscriber the "
           "bridge is bound by that work, not by fan-out.")
-    print(f"\nFan-out throughput (event deliveries/s, median of {repeats}), "
-          f"{os.cpu_count()} CPUs, clients in one other process")
-    print(f"{'subscribers':>11} " + " ".join(f"{v:>14}" for v in VARIANTS)
-          + "   bridge/sse-starlette  bridge/bare  bridge/bare-batched")
-    for clients in counts:
-        row = [throughput[v, clients] for v in VARIANTS]
-        print(f"{clients:>11} " + " ".join(f"{r:>14,.0f}" for r in row)
-              + f"   {row[0] / row[1]:>20.2f}x {row[0] / row[2]:>11.2f}x"
-              f" {row[0] / row[3]:>19.2f}x")
+    print_fan_out(rates)
     print_latency(latency)
     print("\nServer RSS growth while 100,000 events flow past one stalled subscriber "
           "(one other subscriber reading), MiB after 25k / 50k / 75k / 100k events")
@@ -414,39 +447,49 @@ def main(part: str = "all") -> None:
         print(f"  {variant:>13}: " + " / ".join(f"{g / 2**20:6.1f}" for g in growth)
               + f"   (reader got {got:,} events)")
 
-def measure_latency(rounds: int = 2) -> dict[tuple[str, int], tuple[float, float]]:
-    """p50 and p99 publish-to-receipt, ms, on fresh servers with the default retention.
+Latency = dict[tuple[str, int], list[tuple[float, float]]]
+
+
+def measure_latency(rounds: int = 5) -> Latency:
+    """p50 and p99 publish-to-receipt, ms, each round, on fresh servers with the default
+    retention (1000 events a round and variant: a round's p99 is its 10th slowest).
 
     The event is stamped before the bridge's ingest work (JSON, checks, validation),
     which is counted in.
     """
-    latencies: dict[tuple[str, int], list[int]] = {}
+    latency: Latency = {}
     servers = {variant: Server(variant, retention=4096) for variant in VARIANTS}
     try:
-        for _ in range(rounds):
+        for turn in range(rounds):
             for clients in (1, 10):
-                for variant, server in servers.items():
+                for variant in _rotated(list(VARIANTS), turn):
+                    server = servers[variant]
                     _, _, lat = run_clients(server.port, server.path(), clients, 1000,
                                             interval=0.002)
-                    latencies.setdefault((variant, clients), []).extend(lat)
+                    lat.sort()
+                    latency.setdefault((variant, clients), []).append(
+                        (lat[len(lat) // 2] / 1e6, lat[int(len(lat) * 0.99)] / 1e6))
     finally:
         for server in servers.values():
             server.stop()
-    latency = {}
-    for key, values in latencies.items():
-        values.sort()
-        latency[key] = (values[len(values) // 2] / 1e6, values[int(len(values) * 0.99)] / 1e6)
     return latency
 
 
-def print_latency(latency: dict[tuple[str, int], tuple[float, float]]) -> None:
-    print("\nPublish-to-receipt latency, one event every 2 ms, ms (p99 ratio to sse-starlette)")
+def print_latency(latency: Latency) -> None:
+    rounds = len(latency[VARIANTS[0], 1])
+    print(f"\nPublish-to-receipt latency, one event every 2 ms, ms: medians of {rounds} "
+          "rounds (ratios to sse-starlette: medians of the per-round ratios)")
     for clients in (1, 10):
-        base = latency["sse-starlette", clients][1]
+        base = latency["sse-starlette", clients]
         print(f"  {clients} subscriber(s)")
         for variant in VARIANTS:
-            p50, p99 = latency[variant, clients]
-            print(f"  {variant:>15}: p50 {p50:6.2f}  p99 {p99:6.2f}  ({p99 / base:.2f}x)")
+            rows = latency[variant, clients]
+            p50s, p99s = [p50 for p50, _ in rows], [p99 for _, p99 in rows]
+            r50 = statistics.median(a / b for a, (b, _) in zip(p50s, base, strict=True))
+            r99 = statistics.median(a / b for a, (_, b) in zip(p99s, base, strict=True))
+            print(f"  {variant:>15}: p50 {statistics.median(p50s):6.2f} ({r50:.2f}x)  "
+                  f"p99 {statistics.median(p99s):6.2f} ({r99:.2f}x)   "
+                  f"p99 per round {' '.join(f'{p:.2f}' for p in p99s)}")
 
 
 if __name__ == "__main__":
@@ -454,7 +497,7 @@ if __name__ == "__main__":
     parser.add_argument("--serve")
     parser.add_argument("--port", type=int)
     parser.add_argument("--retention", type=int, default=4096)
-    parser.add_argument("--part", choices=("all", "latency"), default="all")
+    parser.add_argument("--part", choices=("all", "latency", "fanout"), default="all")
     options = parser.parse_args()
     if options.serve:
         serve(options.serve, options.port, options.retention)
