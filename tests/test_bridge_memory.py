@@ -109,3 +109,27 @@ def test_the_de_duplication_window_forgets_the_oldest_lines() -> None:
     assert publish(events[0]) == 6
     assert publish(events[1]) == 7
     assert publish(events[1]) is None
+
+
+def test_de_duplication_keys_are_exact_for_every_seq_and_digest() -> None:
+    # One int per (producer seq, digest): no two pairs may share it, whatever the sign
+    # of the digest (a hash) or the size of the seq.
+    seqs = [0, 1, 2, 2**63, 2**64 - 1]
+    digests = [0, 1, -1, -2, 2**63 - 1, -(2**63), 12345, -12345]
+    keys = {memory.dedup_key(seq, digest) for seq in seqs for digest in digests}
+    assert len(keys) == len(seqs) * len(digests)
+
+
+def test_a_line_is_a_duplicate_only_with_the_same_seq_and_content() -> None:
+    thread = MemoryThread("th", 64, None, dedup_window=16)
+
+    def publish(event: dict[str, Any]) -> int | None:
+        [line] = lines([event])
+        return thread.publish(line.event, line.digest, line.raw)
+
+    first = {"type": "progress.update", "item_id": "i", "fraction": 0.5, "seq": 7}
+    assert publish(first) == 1
+    assert publish({**first, "fraction": 0.6}) == 2  # same seq, other content
+    assert publish({**first, "seq": 8}) == 3  # same content, other seq
+    # The same content with its keys in another order is the same line.
+    assert publish(dict(reversed(list(first.items())))) is None

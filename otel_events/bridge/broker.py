@@ -58,9 +58,10 @@ class BrokerUnavailable(RuntimeError):
     """The broker's store cannot be reached now (retry later)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EventLine:
-    """One validated line of an ingest request."""
+    """One validated line of an ingest request (not frozen: a frozen dataclass is built
+    through ``object.__setattr__`` field by field, a cost paid on every line)."""
 
     #: 1-based line of the request body.
     line: int

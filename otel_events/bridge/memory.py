@@ -49,6 +49,19 @@ _MAX_UNFOLDED = 64
 _FOLD_DELAY = 0.001
 
 
+def dedup_key(producer_seq: int, digest: int) -> int:
+    """The producer's seq and the line's digest as one int, exactly (both fit 64 bits).
+
+    An int, not a tuple: the window holds thousands of keys per thread, and a tuple is
+    an object the garbage collector tracks, so each accepted line would bring the next
+    collection (a pause on the streams' path) closer.
+    """
+    return producer_seq << 64 | digest & _DIGEST_BITS
+
+
+_DIGEST_BITS = 2**64 - 1
+
+
 def valid_thread_id(thread_id: str) -> bool:
     return _THREAD_ID.match(thread_id) is not None
 
@@ -101,8 +114,8 @@ class MemoryThread:
         # Producer lines accepted recently, and the same keys oldest first: forgetting
         # the oldest from a dict (``next(iter(...))``) gets slower with each deletion,
         # as the dict's head fills with dead slots, until it is rebuilt.
-        self._seen: set[tuple[int, int]] = set()
-        self._seen_order: deque[tuple[int, int]] = deque()
+        self._seen: set[int] = set()
+        self._seen_order: deque[int] = deque()
         self._dedup_window = dedup_window
         self._snapshot_json: tuple[int, bytes] | None = None
         #: Scratch space of the SSE layer (see ``Batch.shared``).
@@ -116,9 +129,9 @@ class MemoryThread:
         bridge's seq) is several times cheaper than serialising the model again.
         """
         producer_seq = event.seq
-        key: tuple[int, int] | None = None
+        key: int | None = None
         if producer_seq is not None and digest is not None:
-            key = (producer_seq, digest)
+            key = dedup_key(producer_seq, digest)
             if key in self._seen:
                 return None
         log = self.log

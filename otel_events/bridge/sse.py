@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Iterator
 import orjson
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from otel_events.bridge.broker import Batch, Position, Reset, ThreadReader
 from otel_events.bridge.incidents import Incidents
@@ -158,6 +158,15 @@ class SlowClientResponse(EventSourceResponse):
     event: counted, logged in one line at most per interval, never with a traceback.
     The client can resume with its Last-Event-ID.
     """
+
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        # Without a timeout, sse-starlette still enters a cancel scope around every
+        # write (a scope object, task-state bookkeeping): the costliest step of a live
+        # event's delivery after the write itself, for nothing.
+        if self.send_timeout is None:
+            await send(message)
+        else:
+            await super()._send_with_timeout(send, message)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
