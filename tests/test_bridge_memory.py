@@ -133,3 +133,37 @@ def test_a_line_is_a_duplicate_only_with_the_same_seq_and_content() -> None:
     assert publish({**first, "seq": 8}) == 3  # same content, other seq
     # The same content with its keys in another order is the same line.
     assert publish(dict(reversed(list(first.items())))) is None
+
+
+async def test_every_reader_gets_batches_within_the_byte_bound() -> None:
+    events = [{"type": "item.updated" if n % 2 else "item.completed",
+               "item": {"id": f"i{n}", "type": "reasoning", "text": "x" * 100}}
+              for n in range(12)]
+    limit = 3 * len(orjson.dumps({**events[0], "thread_id": "th", "seq": 10})) + 20
+    broker = MemoryBroker(retention_count=32, batch_bytes=limit)
+
+    async def read_to(reader: Any, last: int) -> list[list[int]]:
+        batches: list[list[int]] = []
+        while not batches or batches[-1][-1] < last:
+            batch = await asyncio.wait_for(reader.next(), 5)
+            assert isinstance(batch, Batch)
+            assert sum(len(entry.json) for entry in batch.entries) <= limit
+            batches.append([entry.seq for entry in batch.entries])
+        return batches
+
+    # Two readers at the same place (they share the sizing of each batch)...
+    await broker.append("th", lines(events))
+    readers = [broker.reader("th", None), broker.reader("th", None)]
+    got = [await read_to(reader, 12) for reader in readers]
+    await broker.append("th", lines(events[:8]))
+    for reader, batches in zip(readers, got, strict=True):
+        batches += await read_to(reader, 20)
+        assert [len(batch) for batch in batches] == [3, 3, 3, 3, 3, 3, 2]
+        assert [seq for batch in batches for seq in batch] == list(range(1, 21))
+        reader.close()
+    # ...and one more than half the ring behind, which skips transient events at first:
+    # its batches between the same seqs hold other events, and are bounded all the same.
+    lagging = await read_to(broker.reader("th", None), 20)
+    assert lagging[0] == [1, 3, 5]
+    seqs = [seq for batch in lagging for seq in batch]
+    assert seqs == sorted(seqs) and seqs[-1] == 20
