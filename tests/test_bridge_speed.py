@@ -75,3 +75,18 @@ def test_parse_event_errors_are_still_the_unions() -> None:
     with pytest.raises(ValidationError) as caught:
         parse_event({"type": "item.completed", "item": {"id": 5}})
     assert caught.value.errors()[0]["loc"][0] == "item.completed"
+
+
+def test_the_fold_keeps_content_set_any_way_and_skips_items_without_any() -> None:
+    from otel_events.bridge.snapshot import ThreadSnapshot
+    from otel_events.protocol import ItemCompleted, ThreadItem
+
+    item = ThreadItem(id="a", type="command_execution")
+    item.aggregated_output = "ok"  # set after construction: still the producer's
+    snapshot = ThreadSnapshot("th")
+    snapshot.apply(ItemCompleted(item=item, turn_id="t"), 1)
+    snapshot.apply(ItemCompleted(item=ThreadItem(id="b", type="reasoning", text=None),
+                                 turn_id="t"), 2)
+    items = {item["id"]: item for item in snapshot.to_dict()["turns"][0]["items"]}
+    assert items["a"]["aggregated_output"] == "ok"
+    assert "text" not in items["b"] and items["b"]["truncated"] == []

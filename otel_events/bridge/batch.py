@@ -111,8 +111,7 @@ def _check(line: int, value: object, thread_id: str, batch: ParsedBatch,
         return
     # The same line sent again (a retry) has the same canonical form. Only lines with
     # the producer's seq are ever de-duplicated, so only they need the digest.
-    digest = (hash(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
-              if event.seq is not None else None)
+    digest = hash(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)) if seq is not None else None
     batch.events.append(EventLine(line, event, digest, value))
 
 

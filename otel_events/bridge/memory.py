@@ -305,20 +305,26 @@ class MemoryReader:
                 return first
         thread, cursor = self._thread, self._cursor
         assert cursor is not None
+        log = thread.log
         while True:
             if self._closed:
                 return None
             start = cursor.position
-            entries, gap = cursor.read(self._batch)
-            if gap is not None:
-                cursor.skip(gap)
-                reset = thread.reset(FELL_BEHIND)
-                cursor.position = reset.seq + 1
-                return reset
-            if entries:
-                if self._batch_bytes is not None and len(entries) > 1:
-                    entries = self._cut(entries, self._batch_bytes, cursor, thread.shared)
-                return Batch(thread.epoch, entries, start, cursor.position, thread.shared)
+            # A reader that has just sent what there was parks straight away: with
+            # many clients, each one's way back to the wait delays the next one's send.
+            if start < log.next_seq:
+                entries, gap = cursor.read(self._batch)
+                if gap is not None:
+                    cursor.skip(gap)
+                    reset = thread.reset(FELL_BEHIND)
+                    cursor.position = reset.seq + 1
+                    return reset
+                if entries:
+                    if self._batch_bytes is not None and len(entries) > 1:
+                        entries = self._cut(entries, self._batch_bytes, cursor,
+                                            thread.shared)
+                    return Batch(thread.epoch, entries, start, cursor.position,
+                                 thread.shared)
             if cursor.at_end():
                 return None
             await cursor.wait()
@@ -453,12 +459,14 @@ class MemoryBroker:
         if accepted:
             # The readers first: appending resolved the parked readers' futures, so
             # their tasks are queued ahead of this one, and one loop turn lets them send
-            # before this request goes on to build its answer. The events are folded
-            # into the thread's state a moment later, when the clients have had their
-            # bytes (the state is folded on demand too, so a reset or a GET never sees
-            # it stale).
-            thread.fold_later()
-            await asyncio.sleep(0)
+            # before this request goes on to build its answer (or even sets the timer of
+            # the fold). The events are folded into the thread's state a moment later,
+            # when the clients have had their bytes (the state is folded on demand too,
+            # so a reset or a GET never sees it stale).
+            try:
+                await asyncio.sleep(0)
+            finally:
+                thread.fold_later()
         return Appended(accepted, duplicates, last_seq)
 
     def reader(self, thread_id: str, position: Position | None) -> MemoryReader:

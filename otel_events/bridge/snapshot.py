@@ -35,6 +35,7 @@ _EXTRA_USAGE_FIELDS = ("cache_write_input_tokens", "reasoning_output_tokens")
 CONTENT_FIELDS = ("command", "exit_code", "server", "tool", "query", "message", "text",
                   "output", "aggregated_output", "result", "arguments", "changes", "items")
 _LABEL_FIELDS = frozenset(CONTENT_FIELDS[:6])
+_CONTENT_SET = frozenset(CONTENT_FIELDS)
 # Error types that are not failures of the work itself: the page shows them apart.
 _SOFT_ERRORS = ("cancelled", "abandoned")
 
@@ -126,8 +127,13 @@ class ItemState:
 
     def take_content(self, item: ThreadItem, budget: int) -> bool:
         """Keep the item's content fields within ``budget`` characters; True if any came."""
+        # Only fields the producer set can hold content (the others are None): most
+        # events set none of them, and this set operation spares thirteen lookups.
+        present = _CONTENT_SET.intersection(item.model_fields_set)
+        if not present:
+            return False
         given = {name: value for name in CONTENT_FIELDS
-                 if (value := getattr(item, name, None)) is not None}
+                 if name in present and (value := getattr(item, name, None)) is not None}
         if not given:
             return False
         # A field the event leaves out keeps its earlier (already bounded) value: Codex's
