@@ -58,18 +58,17 @@ def make_event(n: int, kind: str = "item.completed") -> dict[str, Any]:
 # -- the server side -------------------------------------------------------------------
 
 
-def build_app(variant: str, retention: int) -> Any:
+def build_app(variant: str, bridge_app: Any = None) -> Any:
+    """The variant's app with the bench's routes (the bridge's: ``bridge_app``)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import StreamingResponse
     from sse_starlette import EventSourceResponse, ServerSentEvent
 
-    from otel_events.bridge import BridgeSettings, create_app
     from otel_events.bridge.batch import parse_batch
 
     queues: set[asyncio.Queue[Any]] = set()
     if variant == "bridge":
-        app = create_app(BridgeSettings(retention_count=retention, retention_age=None,
-                                        send_timeout=None))
+        app = bridge_app
         registry = app.state.broker
     else:
         app = FastAPI()
@@ -181,8 +180,18 @@ def build_app(variant: str, retention: int) -> Any:
 def serve(variant: str, port: int, retention: int) -> None:
     import uvicorn
 
-    uvicorn.run(build_app(variant, retention), host="127.0.0.1", port=port,
-                log_level="warning", access_log=False)
+    if variant != "bridge":
+        uvicorn.run(build_app(variant), host="127.0.0.1", port=port, log_level="warning",
+                    access_log=False)
+        return
+    from otel_events.bridge import BridgeSettings, create_server
+
+    # As deployed: the bridge's own server, its default settings (a stalled client's
+    # writes timed out after 30 s, once per connection) but for retention.
+    server = create_server(BridgeSettings(port=port, retention_count=retention,
+                                          retention_age=None))
+    build_app(variant, server.config.app)
+    server.run()
 
 
 class Server:

@@ -4,15 +4,21 @@ that the faster paths give the same answers as the plain ones."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import anyio
+import httpx
 import pytest
+import uvicorn
 from pydantic import ValidationError
 
 from otel_events import protocol
+from otel_events.bridge import BridgeSettings, create_app
 from otel_events.bridge.sse import SlowClientResponse
 from otel_events.protocol import parse_event
+
+from .bridge_support import bound_socket, start_bridge, wait_for
 
 
 async def _stream(send_timeout: float | None) -> list[bytes]:
@@ -90,3 +96,54 @@ def test_the_fold_keeps_content_set_any_way_and_skips_items_without_any() -> Non
     items = {item["id"]: item for item in snapshot.to_dict()["turns"][0]["items"]}
     assert items["a"]["aggregated_output"] == "ok"
     assert "text" not in items["b"] and items["b"]["truncated"] == []
+
+
+def _read_events(url: str, thread_id: str, count: int) -> None:
+    with httpx.stream("GET", f"{url}/v1/threads/{thread_id}/events", timeout=10) as response:
+        seen = 0
+        for line in response.iter_lines():
+            seen += line.startswith("data:")
+            if seen == count:
+                return
+
+
+@pytest.mark.parametrize("server", ["bridge", "plain uvicorn"])
+def test_writes_are_timed_once_per_connection_under_the_bridges_server(
+        monkeypatch: pytest.MonkeyPatch, server: str) -> None:
+    # The bridge's server drops a connection whose writes stall (``pause_writing``, one
+    # timer per connection: tests/adversarial/test_1_stalled_clients.py); under it a
+    # stream opens no cancel scope per write. Under another server the stream keeps
+    # its own deadline on each write.
+    timed: list[float | None] = []
+    move_on_after = anyio.move_on_after
+
+    def counting(delay: float | None, *args: Any, **kwargs: Any) -> Any:
+        timed.append(delay)
+        return move_on_after(delay, *args, **kwargs)
+
+    monkeypatch.setattr(anyio, "move_on_after", counting)
+    settings = {"send_timeout": 7.25, "heartbeat": 600}
+    if server == "bridge":
+        bridge = start_bridge(**settings)
+        url, stop = bridge.url, bridge.stop
+    else:
+        sock = bound_socket()
+        config = uvicorn.Config(create_app(BridgeSettings(**settings)), log_level="warning")
+        plain = uvicorn.Server(config)
+        thread = threading.Thread(target=plain.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        wait_for(lambda: plain.started, what="uvicorn started")
+
+        def stop() -> None:
+            plain.should_exit = True
+            thread.join(10)
+    try:
+        events = [{"type": "item.completed", "item": {"id": f"i{n}", "type": "x"}}
+                  for n in range(3)]
+        assert httpx.post(f"{url}/v1/threads/th/events", json=events).status_code == 200
+        _read_events(url, "th", 3)
+    finally:
+        stop()
+    writes_timed = timed.count(7.25)
+    assert writes_timed == 0 if server == "bridge" else writes_timed >= 2

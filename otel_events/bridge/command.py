@@ -32,7 +32,11 @@ from otel_events.bridge.broker import Broker
 from otel_events.bridge.incidents import Incidents
 from otel_events.bridge.routes import DROPPED_EXTENSION
 from otel_events.bridge.settings import BROKER_ENV, TOKEN_ENV, BridgeSettings, is_loopback
-from otel_events.bridge.sse import ABORT_EXTENSION, send_timeout_incident
+from otel_events.bridge.sse import (
+    ABORT_EXTENSION,
+    SEND_DEADLINE_EXTENSION,
+    send_timeout_incident,
+)
 
 __all__ = ["GuardedH11Protocol", "bridge_command", "create_server"]
 
@@ -131,8 +135,12 @@ class GuardedH11Protocol(H11Protocol):
         cycle = self.cycle
         super().handle_events()
         if self.cycle is not None and self.cycle is not cycle:
-            # A new request: its application may abort the connection (a stalled stream).
-            _extensions(self.cycle)[ABORT_EXTENSION] = functools.partial(self.abort, self.cycle)
+            # A new request: its application may abort the connection (a stalled stream),
+            # and need not time its writes: ``pause_writing`` does, once per connection.
+            extensions = _extensions(self.cycle)
+            extensions[ABORT_EXTENSION] = functools.partial(self.abort, self.cycle)
+            if self.send_timeout is not None:
+                extensions[SEND_DEADLINE_EXTENSION] = self.send_timeout
         self._follow()
 
     def on_response_complete(self) -> None:

@@ -17,7 +17,13 @@ from otel_events.bridge.batch import NDJSON_TYPES, UnsupportedMediaType, parse_b
 from otel_events.bridge.broker import Broker, BrokerUnavailable, TooManyThreads
 from otel_events.bridge.memory import THREAD_ID_PATTERN
 from otel_events.bridge.settings import BridgeSettings
-from otel_events.bridge.sse import SlowClientResponse, event_stream, incidents, parse_position
+from otel_events.bridge.sse import (
+    SEND_DEADLINE_EXTENSION,
+    SlowClientResponse,
+    event_stream,
+    incidents,
+    parse_position,
+)
 
 __all__ = ["DROPPED_EXTENSION", "IngestResponse", "router"]
 
@@ -213,7 +219,10 @@ async def events(
         ping=settings.heartbeat,
         ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
         sep="\n",
-        send_timeout=settings.send_timeout,
+        # Under the bridge's own server a stalled write is timed once per connection
+        # (``GuardedH11Protocol``); a cancel scope around every write would repeat it.
+        send_timeout=None if SEND_DEADLINE_EXTENSION in request.scope.get("extensions", {})
+        else settings.send_timeout,
     )
 
 

@@ -31,12 +31,16 @@ from otel_events.bridge.broker import Batch, Position, Reset, ThreadReader
 from otel_events.bridge.incidents import Incidents
 from otel_events.log import Entry
 
-__all__ = ["ABORT_EXTENSION", "RESET_EVENT", "SlowClientResponse", "event_stream", "frame",
-           "parse_position"]
+__all__ = ["ABORT_EXTENSION", "RESET_EVENT", "SEND_DEADLINE_EXTENSION", "SlowClientResponse",
+           "event_stream", "frame", "parse_position"]
 
 #: Key in ``scope["extensions"]`` of a callable that aborts the connection (the bridge's
 #: uvicorn protocol provides it; other servers may not).
 ABORT_EXTENSION = "otel_events.abort"
+#: Key in ``scope["extensions"]`` set when the server itself drops a connection whose
+#: writes stall past a deadline (the bridge's server: its value is the deadline, s). A
+#: response then needs no timer of its own around each write.
+SEND_DEADLINE_EXTENSION = "otel_events.send_deadline"
 
 RESET_EVENT = "reset"
 #: A position that matches no epoch: the client gets a reset.
