@@ -10,6 +10,7 @@ a restart or an expiry gives a new one, so no old position can be misread.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import heapq
 import operator
 import re
@@ -97,16 +98,14 @@ class MemoryThread:
         self.epoch = new_epoch()
         # Appends come from request tasks of the readers' own loop: they wake the
         # readers at once (see ``EventLog``), a loop turn sooner than a callback would.
-        self.log = EventLog(capacity, wake_inline=True)
+        # The log counts the bytes it holds and keeps within ``max_bytes`` itself.
+        self.log = EventLog(capacity, max_bytes=max_bytes, wake_inline=True)
         self._snapshot = ThreadSnapshot(thread_id, max_turns=max_turns)
         # Accepted events not folded into the snapshot yet: the fold waits until the
         # readers have their batch (see MemoryBroker.append), or until someone asks.
         self._unfolded: list[tuple[Event, int]] = []
         self._fold_timer: asyncio.TimerHandle | None = None
         self.max_age = max_age
-        #: Bytes of event JSON this thread holds for replay, and their bound.
-        self.bytes = 0
-        self.max_bytes = max_bytes
         self._budget = budget if budget is not None else ByteBudget(None)
         #: SSE connections reading this thread now.
         self.readers = 0
@@ -158,12 +157,9 @@ class MemoryThread:
             self._seen_order.append(key)
             if len(self._seen_order) > self._dedup_window:
                 self._seen.discard(self._seen_order.popleft())
-        overwritten = log.get(seq - log.capacity)  # the ring's slot being reused
-        if overwritten is not None:
-            self._release(len(overwritten.json))
-        log.append(event.type, data)
-        self.bytes += len(data)
-        self._budget.total += len(data)
+        held = log.bytes
+        log.append(event.type, data)  # may let the oldest go: by count or by bytes
+        self._budget.total += log.bytes - held
         self._unfolded.append((event, seq))
         if len(self._unfolded) >= _MAX_UNFOLDED:  # bounded, whoever publishes
             self.fold()
@@ -172,34 +168,32 @@ class MemoryThread:
         if self.max_age is not None:
             self._arrivals.append((now, seq))
             self.trim(now)
-        if self.max_bytes is not None and self.bytes > self.max_bytes:
-            self.trim_bytes(self.max_bytes)
         return seq
 
-    def _release(self, size: int) -> None:
-        self.bytes -= size
-        self._budget.total -= size
+    @property
+    def bytes(self) -> int:
+        """Bytes of event JSON this thread holds for replay."""
+        return self.log.bytes
+
+    @property
+    def max_bytes(self) -> int | None:
+        """The thread's own bound on them (the log keeps the newest event whatever)."""
+        return self.log.max_bytes
 
     def forget_before(self, seq: int) -> None:
-        """Forget every event below ``seq`` (keeping the byte counts right)."""
-        log = self.log
-        released = 0
-        for old in range(log.first_seq, min(seq, log.next_seq)):
-            entry = log.get(old)
-            if entry is not None:
-                released += len(entry.json)
-        log.forget_before(seq)
-        self._release(released)
+        """Forget every event below ``seq`` (keeping the byte budget right)."""
+        held = self.log.bytes
+        self.log.forget_before(seq)
+        self._budget.total -= held - self.log.bytes
 
-    def trim_bytes(self, limit: int, keep: int = 1) -> None:
-        """Forget the oldest events until at most ``limit`` bytes are held, keeping at
-        least the newest ``keep`` (the thread's own bound keeps one, so a new client
-        still gets the latest event; the total bound may take them all, else one event
-        per thread would escape it). The folded state stays either way."""
+    def trim_bytes(self, limit: int) -> None:
+        """Forget the oldest events until at most ``limit`` bytes are held, the newest
+        too: the total bound may take them all, else one event per thread would escape
+        it. The folded state stays."""
         log = self.log
-        excess = self.bytes - limit
+        excess = log.bytes - limit
         keep_from = log.first_seq
-        while excess > 0 and keep_from < log.next_seq - keep:
+        while excess > 0 and keep_from < log.next_seq:
             entry = log.get(keep_from)
             if entry is not None:
                 excess -= len(entry.json)
@@ -243,7 +237,7 @@ class MemoryThread:
             for event, seq in pending:
                 apply(event, seq)
 
-    def snapshot_json(self) -> bytes:
+    def snapshot_json(self) -> builtins.bytes:  # ``bytes`` is the property above, here
         """The folded state as JSON, encoded once per seq."""
         seq = self.snapshot.seq
         cached = self._snapshot_json
@@ -254,8 +248,9 @@ class MemoryThread:
 
     def drop(self) -> None:
         """The thread is forgotten: its bytes leave the budget, its readers end."""
-        self._budget.total -= self.bytes
-        self.bytes = 0
+        self._budget.total -= self.log.bytes
+        # Its readers may still drain what it holds; none of that counts any more.
+        self._budget = ByteBudget(None)
         self.log.close()
         if self._fold_timer is not None:
             self._fold_timer.cancel()
@@ -488,7 +483,7 @@ class MemoryBroker:
             _, index, thread = heapq.heappop(heap)
             before = thread.bytes
             # Halve the biggest thread, or take just what is missing: threads even out.
-            thread.trim_bytes(max(before - (budget.total - target), before // 2), keep=0)
+            thread.trim_bytes(max(before - (budget.total - target), before // 2))
             if 0 < thread.bytes < before:
                 heapq.heappush(heap, (-thread.bytes, index, thread))
 
