@@ -22,8 +22,9 @@ conventions' rule for ``error.type``: absent means it worked); the others have a
 Why so sparing: with the SDK, one measurement costs about half a span, and each
 attribute about 8.5K instructions more (checked, copied and hashed on every call). One
 histogram per step, not two (they would only repeat each other), and no label that
-says what the absence of the others already says. The item's span context goes with
-each measurement, so an exemplar links a latency to the step's own span.
+says what the absence of the others already says. An item used as a context manager
+records in its span's context, so an exemplar links a latency to the step's own span
+(an item ended without one records in the current context: the enclosing span).
 """
 
 from __future__ import annotations

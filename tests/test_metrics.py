@@ -84,15 +84,18 @@ def test_each_status_but_completed_is_a_label(emitter: EventEmitter,
 def test_an_exemplar_links_a_step_duration_to_the_step_span(
         emitter: EventEmitter, telemetry: Telemetry) -> None:
     # The SDK's default exemplar filter samples measurements made in a sampled span's
-    # context: the item's span, not the turn's (current when the item ends).
+    # context: an entered item's own span, not the turn's (current when the item ends);
+    # an item ended without being entered records in the current context.
     with emitter.turn() as turn:
         with turn.item("sql_execution", "q", name="sqlite"):
             pass
-        explicit = turn.item("command_execution", "c", name="sh")
-        explicit.complete()
+        turn.item("command_execution", "c", name="sh").complete()
     spans = {span.name: span.context for span in telemetry.spans()}
     # Exemplars are handed over once, at the collection after their measurement.
-    points = telemetry.metrics()["gen_ai.execute_tool.duration"]
-    exemplars = {(e.trace_id, e.span_id) for dp in points for e in dp.exemplars}
-    assert exemplars == {(spans[name].trace_id, spans[name].span_id)
-                         for name in ("execute_tool sqlite", "execute_tool sh")}
+    points = {dp.attributes["gen_ai.tool.name"]: dp
+              for dp in telemetry.metrics()["gen_ai.execute_tool.duration"]}
+    linked = {tool: {(e.trace_id, e.span_id) for e in dp.exemplars}
+              for tool, dp in points.items()}
+    own, turn_span = spans["execute_tool sqlite"], spans["invoke_agent data-agent"]
+    assert linked == {"sqlite": {(own.trace_id, own.span_id)},
+                      "sh": {(turn_span.trace_id, turn_span.span_id)}}
