@@ -147,3 +147,61 @@ def test_writes_are_timed_once_per_connection_under_the_bridges_server(
         stop()
     writes_timed = timed.count(7.25)
     assert writes_timed == 0 if server == "bridge" else writes_timed >= 2
+
+
+class _Clock:
+    """A loop's ``time`` and ``call_later``, advanced by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[tuple[float, Any]] = []
+        self.made = 0
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback: Any) -> Any:
+        timer = (self.now + delay, callback)
+        self.timers.append(timer)
+        self.made += 1
+        return type("Handle", (), {"cancel": lambda _: self.timers.remove(timer)})()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for timer in sorted(t for t in self.timers if t[0] <= self.now):
+            self.timers.remove(timer)
+            timer[1]()
+
+
+def test_one_write_timer_per_connection_drops_only_a_pause_past_the_send_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from otel_events.bridge.command import GuardedH11Protocol
+
+    monkeypatch.setattr(H11Protocol, "pause_writing", lambda self: None)
+    monkeypatch.setattr(H11Protocol, "resume_writing", lambda self: None)
+    clock = _Clock()
+    protocol = GuardedH11Protocol.__new__(GuardedH11Protocol)
+    protocol.loop = clock  # type: ignore[assignment]
+    protocol.send_timeout = 10.0
+    protocol.incidents = type(protocol.incidents)()
+    protocol._write_deadline, protocol._paused_at, protocol._aborted = None, None, False
+    aborted: list[bool] = []
+    monkeypatch.setattr(protocol, "abort", lambda cycle=None: aborted.append(True) or True)
+
+    # A busy stream: paused at each large write, resumed when the client read it. The
+    # timer, when due, finds a short pause and waits for the rest of it: 25 s of this
+    # make three timers, not fifty, and drop nothing.
+    for _ in range(50):
+        protocol.pause_writing()
+        clock.advance(0.5)
+        protocol.resume_writing()
+    assert clock.made <= 3 and len(clock.timers) <= 1 and not aborted
+    # A pause that lasts the whole send timeout drops the connection, not before.
+    clock.advance(9.0)
+    protocol.pause_writing()
+    clock.advance(9.9)
+    assert not aborted
+    clock.advance(0.2)
+    assert aborted == [True]

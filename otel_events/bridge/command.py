@@ -97,6 +97,7 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: str | None = None
         self._write_deadline: asyncio.TimerHandle | None = None
+        self._paused_at: float | None = None
         self._aborted = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -105,7 +106,9 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        self._writable()
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
         super().connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -113,23 +116,28 @@ class GuardedH11Protocol(H11Protocol):
         # no limit (an SSE stream has its own; an ordinary response, or a pipelined
         # request behind one, has none). Past ``send_timeout`` the connection goes.
         super().pause_writing()
-        if self.send_timeout is not None and self._write_deadline is None:
-            self._write_deadline = self.loop.call_later(self.send_timeout, self._stalled)
+        if self.send_timeout is not None:
+            self._paused_at = self.loop.time()
+            if self._write_deadline is None:
+                self._write_deadline = self.loop.call_later(self.send_timeout, self._stalled)
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        self._writable()
-
-    def _writable(self) -> None:
-        if self._write_deadline is not None:
-            self._write_deadline.cancel()
-            self._write_deadline = None
+        # The timer stays: a busy stream pauses and resumes at every large write, and
+        # one timer re-checked when due is cheaper than one made and cancelled each time.
+        self._paused_at = None
 
     def _stalled(self) -> None:
         self._write_deadline = None
-        if self.flow.write_paused and not self._aborted:
-            self.incidents.report(*send_timeout_incident(self.send_timeout))
-            self.abort()
+        if self._paused_at is None or self._aborted or self.send_timeout is None:
+            return
+        waited = self.loop.time() - self._paused_at
+        if waited < self.send_timeout:  # paused again since: the rest of this pause
+            self._write_deadline = self.loop.call_later(self.send_timeout - waited,
+                                                         self._stalled)
+            return
+        self.incidents.report(*send_timeout_incident(self.send_timeout))
+        self.abort()
 
     def handle_events(self) -> None:
         cycle = self.cycle
