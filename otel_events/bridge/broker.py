@@ -14,6 +14,7 @@ from another epoch can never be mistaken for one in the current numbering: it ge
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -38,6 +39,7 @@ __all__ = [
     "Reset",
     "ThreadReader",
     "TooManyThreads",
+    "entries_bytes",
     "resume_at",
 ]
 
@@ -104,9 +106,32 @@ class Batch:
     #: The client's position before and after this batch (``end`` is the next seq).
     start: int
     end: int
-    #: Per-thread scratch space the SSE layer may use to share work between the clients
-    #: that read the same batch (frames joined once); the broker never reads it.
+    #: Per-thread scratch space to share work between the clients that read the same
+    #: batch (frames joined once, sizes summed once: ``entries_bytes``).
     shared: dict[Any, Any] = field(default_factory=dict)
+
+
+_JSON = operator.attrgetter("json")
+
+
+def entries_bytes(epoch: str, entries: list[Entry], shared: dict[Any, Any]) -> int:
+    """Bytes of JSON in ``entries`` (at least one), summed once for every reader of the
+    same range of ``epoch`` (``shared`` is the thread's ``Batch.shared``).
+
+    Every reader of a live thread reads the same new entries at each append; a lagging
+    reader skips events, so only a contiguous range is shared.
+    """
+    first, last = entries[0].seq, entries[-1].seq
+    if last - first + 1 != len(entries):
+        return sum(map(len, map(_JSON, entries)))
+    key = (epoch, first, last)
+    cached = shared.get("entries_bytes")
+    if cached is not None and cached[0] == key:
+        size: int = cached[1]
+        return size
+    size = sum(map(len, map(_JSON, entries)))  # at C speed
+    shared["entries_bytes"] = (key, size)
+    return size
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import heapq
-import operator
 import re
 import secrets
 import time
@@ -30,6 +29,7 @@ from otel_events.bridge.broker import (
     Position,
     Reset,
     TooManyThreads,
+    entries_bytes,
     resume_at,
 )
 from otel_events.bridge.snapshot import ThreadSnapshot
@@ -41,7 +41,6 @@ __all__ = ["THREAD_ID_PATTERN", "MemoryBroker", "MemoryThread", "valid_thread_id
 #: Thread ids the bridge accepts: they end up in URLs, logs and span attributes.
 THREAD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 _THREAD_ID = re.compile(THREAD_ID_PATTERN)
-_JSON = operator.attrgetter("json")
 
 
 # Most accepted events a thread holds before folding them into its state.
@@ -316,8 +315,7 @@ class MemoryReader:
                     return reset
                 if entries:
                     if self._batch_bytes is not None and len(entries) > 1:
-                        entries = self._cut(entries, self._batch_bytes, cursor,
-                                            thread.shared)
+                        entries = self._cut(entries, self._batch_bytes, cursor, thread)
                     return Batch(thread.epoch, entries, start, cursor.position,
                                  thread.shared)
             if cursor.at_end():
@@ -326,10 +324,10 @@ class MemoryReader:
 
     @staticmethod
     def _cut(entries: list[Entry], limit: int, cursor: Cursor,
-             shared: dict[Any, Any]) -> list[Entry]:
+             thread: MemoryThread) -> list[Entry]:
         """At most ``limit`` bytes of events (at least one): a client that stops reading
         pins one write, never a whole replay."""
-        if _size(entries, shared) <= limit:
+        if entries_bytes(thread.epoch, entries, thread.shared) <= limit:
             return entries
         size = 0
         for index, entry in enumerate(entries):
@@ -361,25 +359,6 @@ class MemoryReader:
             self._thread.readers -= 1
             # Idle time counts from the last reader too, not only the last event.
             self._thread.last_active = time.monotonic()
-
-
-def _size(entries: list[Entry], shared: dict[Any, Any]) -> int:
-    """Bytes of JSON in ``entries``, summed once for all the readers of the same range.
-
-    Every reader of a live thread reads the same new entries at each append: one sum
-    (at C speed) serves them all. Only a contiguous range is shared, as ``sse`` does:
-    a lagging reader skips events, so its entries between the same seqs differ.
-    """
-    first, last = entries[0].seq, entries[-1].seq
-    if last - first + 1 != len(entries):
-        return sum(map(len, map(_JSON, entries)))
-    cached = shared.get("memory.size")  # the SSE layer keeps its own keys here
-    if cached is not None and cached[0] == (first, last):
-        size: int = cached[1]
-        return size
-    size = sum(map(len, map(_JSON, entries)))
-    shared["memory.size"] = ((first, last), size)
-    return size
 
 
 class _Awaited:

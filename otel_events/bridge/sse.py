@@ -27,7 +27,7 @@ from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Message, Receive, Scope, Send
 
-from otel_events.bridge.broker import Batch, Position, Reset, ThreadReader
+from otel_events.bridge.broker import Batch, Position, Reset, ThreadReader, entries_bytes
 from otel_events.bridge.incidents import Incidents
 from otel_events.log import Entry
 
@@ -131,25 +131,14 @@ async def event_stream(reader: ThreadReader, retry_ms: int,
             if isinstance(batch, Reset):
                 yield reset_frame(batch)
             elif (max_write_bytes is not None and len(batch.entries) > 1
-                  and _over(batch, max_write_bytes)):
+                  and entries_bytes(batch.epoch, batch.entries, batch.shared)
+                  > max_write_bytes):
                 for part in _parts(batch, max_write_bytes):
                     yield part
             else:
                 yield batch_frames(batch)
     finally:
         reader.close()
-
-
-def _over(batch: Batch, limit: int) -> bool:
-    """Whether the batch's events pass ``limit`` bytes, worked out once per batch."""
-    key = (batch.epoch, batch.start, batch.end)
-    cached = batch.shared.get("size")
-    if cached is not None and cached[0] == key:
-        return bool(cached[1] > limit)
-    size = sum([len(entry.json) for entry in batch.entries])
-    if batch.end - batch.start == len(batch.entries):
-        batch.shared["size"] = (key, size)
-    return size > limit
 
 
 class SlowClientResponse(EventSourceResponse):
