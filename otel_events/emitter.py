@@ -133,8 +133,8 @@ class _Scope:
 
     # Slots: an item is made for every step; without a __dict__ it is smaller, faster to
     # read and one allocation fewer.
-    __slots__ = ("_context", "_otel_token", "_var_token", "ended", "span", "span_id",
-                 "trace_id", "turn_id")
+    __slots__ = ("_context", "_otel_token", "_var_token", "span", "span_id", "trace_id",
+                 "turn_id")
     _current: ClassVar[contextvars.ContextVar[Any]]
     span: Span
     trace_id: str | None
@@ -148,7 +148,6 @@ class _Scope:
 
     def _start_scope(self) -> None:
         self._context = self._var_token = self._otel_token = None
-        self.ended = False
 
     @property
     def context(self) -> otel_context.Context:
@@ -335,6 +334,10 @@ class Item(_Scope):
         rec.open_items[self.id] = self
         rec.publish("item.started", self, {"item": item}, self.started_at)
 
+    @property
+    def ended(self) -> bool:  # type: ignore[override]  # derived: the status says it
+        return self.status != _IN_PROGRESS
+
     # -- reporting -----------------------------------------------------------------
 
     def update(self, **fields: Any) -> None:
@@ -384,9 +387,8 @@ class Item(_Scope):
         rec = self._rec
         # Whoever takes the item out of the open set ends it: exactly once, from any
         # thread, with no lock to take (a dict's pop is atomic).
-        if self.ended or rec.open_items.pop(self.id, None) is None:
+        if self.status != _IN_PROGRESS or rec.open_items.pop(self.id, None) is None:
             return
-        self.ended = True
         self.status = status
         end_ns = time.time_ns()
         content = rec.content
@@ -436,7 +438,7 @@ class Item(_Scope):
 class Turn(_Scope):
     """One turn of the thread: the agent working on one prompt."""
 
-    __slots__ = ("_open_items", "_rec", "cached_input_tokens", "emitter", "id",
+    __slots__ = ("_open_items", "_rec", "cached_input_tokens", "emitter", "ended", "id",
                  "input_tokens", "output_tokens", "started_ns")
     _current = _current_turn
 
@@ -448,6 +450,7 @@ class Turn(_Scope):
         self.input_tokens = 0
         self.cached_input_tokens = 0
         self.output_tokens = 0
+        self.ended = False
         self._open_items: dict[str, Item] = {}
         self.started_ns = time.time_ns()
         # No explicit context: the current span (say an HTTP request) becomes the parent.
