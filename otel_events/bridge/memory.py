@@ -35,6 +35,7 @@ from otel_events.bridge.broker import (
 from otel_events.bridge.snapshot import ThreadSnapshot
 from otel_events.log import Cursor, Entry, EventLog
 from otel_events.protocol import Event, encode_event
+from otel_events.retention import Retention
 
 __all__ = ["THREAD_ID_PATTERN", "MemoryBroker", "MemoryThread", "valid_thread_id"]
 
@@ -375,20 +376,27 @@ class _Awaited:
             self.created.set_result(None)
 
 
+_RETENTION = Retention()
+
+
 class MemoryBroker:
-    """Every thread the bridge knows, in memory, bounded in number; idle ones expire."""
+    """Every thread the bridge knows, in memory, bounded in number; idle ones expire.
+
+    The retention defaults are the deployed bridge's (``Retention``), so a broker built
+    directly is bounded in memory as the bridge is; pass ``None`` to lift a bound.
+    """
 
     def __init__(
         self,
-        retention_count: int = 4096,
-        retention_age: float | None = None,
-        idle_expiry: float | None = 3600.0,
-        max_threads: int = 10_000,
+        retention_count: int = _RETENTION.count,
+        retention_age: float | None = _RETENTION.age,
+        idle_expiry: float | None = _RETENTION.idle_expiry,
+        max_threads: int = _RETENTION.max_threads,
         max_turns: int = 20,
         batch: int = 512,
         batch_bytes: int | None = 256 * 1024,
-        retention_bytes: int | None = None,
-        retention_total_bytes: int | None = None,
+        retention_bytes: int | None = _RETENTION.bytes,
+        retention_total_bytes: int | None = _RETENTION.total_bytes,
     ) -> None:
         self.retention_count = retention_count
         self.retention_age = retention_age
