@@ -16,6 +16,13 @@ same producer seq and content), so retries deliver each event once.
 
 The sink does not fold the thread's state; the bridge replicas checkpoint it as they
 sweep, and until one has, the stream keeps every event after the last checkpoint.
+
+**Limits.** Every writer trims a thread as it appends, so every writer must apply the
+same retention, idle expiry and thread limit. The bridge's are the ones: each replica
+stores its limits under the prefix when it starts (``limits_key``; the replica started
+last wins) and the append script applies the stored ones, whatever its caller passed.
+A caller's own limits apply only while none are stored (no replica has started on this
+Redis yet, or it was flushed since, until a replica stores them again).
 """
 
 from __future__ import annotations
@@ -27,10 +34,14 @@ from typing import Any
 import orjson
 
 from otel_events.log import Entry
+from otel_events.retention import Retention
 from otel_events.sinks import BatchingSink
 
-__all__ = ["APPEND_LUA", "TRIM_LUA", "RedisSink", "assigned_seqs", "dedup_member",
-           "event_rest", "new_epoch", "parse_notification", "stream_keys"]
+__all__ = ["APPEND_LUA", "LIMITS_LUA", "LIMIT_FIELDS", "TRIM_LUA", "RedisSink",
+           "assigned_seqs", "dedup_member", "event_rest", "limit_values", "limits_key",
+           "new_epoch", "parse_notification", "stream_keys"]
+
+_RETENTION = Retention()
 
 
 # -- the layout, shared with the bridge -----------------------------------------------------
@@ -47,6 +58,25 @@ def channel_name(prefix: str, thread_id: str) -> str:
 
 def registry_key(prefix: str) -> str:
     return f"{prefix}:threads"
+
+
+def limits_key(prefix: str) -> str:
+    """The bridge's limits, a hash of ``LIMIT_FIELDS``: what every append applies."""
+    return f"{prefix}:limits"
+
+
+#: The fields of ``limits_key``, in the order of ``limit_values`` (0: no bound).
+LIMIT_FIELDS = ("count", "age_ms", "bytes", "ttl_ms", "max_threads")
+
+
+def _ms(seconds: float | None) -> int:
+    return 0 if seconds is None else max(1, int(seconds * 1000))
+
+
+def limit_values(retention: Retention) -> list[int]:
+    """``retention`` as the scripts take, store and compare it (``LIMIT_FIELDS``)."""
+    return [retention.count, _ms(retention.age), retention.bytes or 0,
+            _ms(retention.idle_expiry), retention.max_threads]
 
 
 def new_epoch() -> str:
@@ -141,14 +171,42 @@ redis.call('XTRIM', stream, 'MINID', '~', keep)
 redis.call('ZREMRANGEBYSCORE', dedup, '-inf', '(' .. (top - retention + 1))
 """
 
+# The bridge's limits, stored (KEYS[1]) by a replica as it starts; ARGV: 'replace' (a
+# replica starting: the last started wins) or 'restore' (its sweep: only if none are
+# stored, after a flush), then the values of LIMIT_FIELDS. Returns those stored before.
+LIMITS_LUA = """
+local held = redis.call('HMGET', KEYS[1], 'count', 'age_ms', 'bytes', 'ttl_ms', 'max_threads')
+if ARGV[1] == 'replace' or not held[1] then
+  redis.call('HSET', KEYS[1], 'count', ARGV[2], 'age_ms', ARGV[3], 'bytes', ARGV[4],
+             'ttl_ms', ARGV[5], 'max_threads', ARGV[6])
+end
+return held
+"""
+
 APPEND_LUA = """
--- KEYS: meta, stream, dedup, checkpoint, registry
+-- KEYS: meta, stream, dedup, checkpoint, registry, limits
 -- ARGV: new epoch, retention count, retention age ms (0: none), ttl ms (0: none),
 --       max threads (0: none), thread id, channel, key prefix, retention bytes (0: none),
+--       '1' from a bridge replica ('0': a sink),
 --       then per line: type, JSON without its opening brace, dedup member ('': none)
 local meta, stream, dedup, ckpt, registry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local retention, age, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local max_bytes = tonumber(ARGV[9])
+local max_threads, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[9])
+-- The limits in force are the bridge's as stored, whoever appends, so a sink or a replica
+-- told otherwise cannot trim a thread its own way. The caller's apply only while none
+-- are stored; a replica's call stores its own then (Redis was flushed since it started).
+local stored = redis.call('HMGET', KEYS[6], 'count', 'age_ms', 'bytes', 'ttl_ms',
+                          'max_threads')
+if stored[1] then
+  retention = tonumber(stored[1])
+  age = tonumber(stored[2]) or age
+  max_bytes = tonumber(stored[3]) or max_bytes
+  ttl = tonumber(stored[4]) or ttl
+  max_threads = tonumber(stored[5]) or max_threads
+elseif ARGV[10] == '1' then
+  redis.call('HSET', KEYS[6], 'count', retention, 'age_ms', age, 'bytes', max_bytes,
+             'ttl_ms', ttl, 'max_threads', max_threads)
+end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local state = redis.call('HMGET', meta, 'epoch', 'top', 'lo', 'ck', 'ms', 'b')
@@ -162,7 +220,6 @@ if epoch then
 else
   -- No meta: a new thread, or one whose history is gone (expired, flushed, evicted).
   -- Whatever is left of it belongs to no epoch: start over under a new one.
-  local max_threads = tonumber(ARGV[5])
   if max_threads > 0 and not redis.call('ZSCORE', registry, ARGV[6])
       and redis.call('ZCARD', registry) >= max_threads then
     for _, id in ipairs(redis.call('ZRANGE', registry, 0, -1)) do
@@ -170,7 +227,7 @@ else
         redis.call('ZREM', registry, id)
       end
     end
-    if redis.call('ZCARD', registry) >= max_threads then return {false} end
+    if redis.call('ZCARD', registry) >= max_threads then return {false, max_threads} end
   end
   redis.call('DEL', stream, dedup, ckpt)
   epoch = ARGV[1]
@@ -181,9 +238,9 @@ end
 local first = top + 1
 local marks = {}
 local published = {}
-local n = (#ARGV - 9) / 3
+local n = (#ARGV - 10) / 3
 for i = 1, n do
-  local base = 7 + 3 * i
+  local base = 8 + 3 * i
   local member = ARGV[base + 2]
   if member ~= '' and redis.call('ZSCORE', dedup, member) then
     marks[i] = '1'
@@ -232,18 +289,19 @@ def assigned_seqs(reply: Any) -> list[int]:
     return out
 
 
-def append_args(prefix: str, thread_id: str, retention_count: int,
-                retention_age: float | None, idle_expiry: float | None, max_threads: int,
+def append_args(prefix: str, thread_id: str, retention: Retention,
                 lines: list[tuple[str, bytes, str | None]],
-                retention_bytes: int | None = None) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of ``APPEND_LUA`` for ``lines`` of (type, rest, dedup member)."""
-    keys = [*stream_keys(prefix, thread_id), registry_key(prefix)]
+                *, bridge: bool = False) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of ``APPEND_LUA`` for ``lines`` of (type, rest, dedup member).
+
+    ``retention`` applies only while no bridge has stored its limits (see the module's
+    docstring); ``bridge``: the caller is a replica, which stores its own then.
+    """
+    keys = [*stream_keys(prefix, thread_id), registry_key(prefix), limits_key(prefix)]
+    count, age_ms, max_bytes, ttl_ms, max_threads = limit_values(retention)
     args: list[Any] = [
-        new_epoch(), retention_count,
-        0 if retention_age is None else max(1, int(retention_age * 1000)),
-        0 if idle_expiry is None else max(1, int(idle_expiry * 1000)),
-        max_threads, thread_id, channel_name(prefix, thread_id), prefix,
-        retention_bytes or 0]
+        new_epoch(), count, age_ms, ttl_ms, max_threads, thread_id,
+        channel_name(prefix, thread_id), prefix, max_bytes, "1" if bridge else "0"]
     for kind, rest, member in lines:
         args += [kind, rest, member or ""]
     return keys, args
@@ -255,8 +313,12 @@ def append_args(prefix: str, thread_id: str, retention_count: int,
 class RedisSink(BatchingSink):
     """Appends every event of the log to thread ``thread_id`` in the bridge's Redis.
 
-    ``url`` is the bridge's ``--broker`` URL; ``prefix``, the retention, the idle expiry
-    and the thread limit must be the bridge's (its defaults are the bridge's defaults).
+    ``url`` is the bridge's ``--broker`` URL and ``prefix`` must be the bridge's. The
+    retention, idle expiry and thread limit need not be: every append applies the
+    limits the bridge stored in Redis. The sink's own (the bridge's defaults unless
+    given) are only the fallback while no bridge has stored any (none started on this
+    Redis yet, or it was flushed since and no replica has written them back).
+
     Counters: ``sent`` (appended, or recognised as already there), ``dropped`` (never
     delivered: overwritten while Redis was unreachable, refused, or still unsent at
     ``close``), ``requests`` (script calls).
@@ -270,11 +332,11 @@ class RedisSink(BatchingSink):
         url: str,
         *,
         prefix: str = "otel-events",
-        retention_count: int = 4096,
-        retention_age: float | None = 3600.0,
-        retention_bytes: int | None = 64 * 1024 * 1024,
-        idle_expiry: float | None = 3600.0,
-        max_threads: int = 10_000,
+        retention_count: int = _RETENTION.count,
+        retention_age: float | None = _RETENTION.age,
+        retention_bytes: int | None = _RETENTION.bytes,
+        idle_expiry: float | None = _RETENTION.idle_expiry,
+        max_threads: int = _RETENTION.max_threads,
         max_batch: int = 1000,
         timeout: float = 5.0,
         backoff: float = 0.1,
@@ -285,11 +347,10 @@ class RedisSink(BatchingSink):
         super().__init__(max_batch=max_batch, max_batch_bytes=None, backoff=backoff,
                          max_backoff=max_backoff)
         self.prefix = prefix
-        self.retention_count = retention_count
-        self.retention_age = retention_age
-        self.retention_bytes = retention_bytes
-        self.idle_expiry = idle_expiry
-        self.max_threads = max_threads
+        #: The limits applied while no bridge has stored its own (the fallback).
+        self.retention = Retention(
+            count=retention_count, age=retention_age, bytes=retention_bytes,
+            total_bytes=None, idle_expiry=idle_expiry, max_threads=max_threads)
         # No retries inside redis-py: the sink retries whole batches itself, with backoff.
         self._client = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout,
@@ -314,9 +375,7 @@ class RedisSink(BatchingSink):
             rest = event_rest(raw, thread_id)
             lines.append((entry.type, rest, dedup_member(
                 producer_seq if isinstance(producer_seq, int) else None, rest)))
-        keys, args = append_args(self.prefix, thread_id, self.retention_count,
-                                 self.retention_age, self.idle_expiry, self.max_threads,
-                                 lines, self.retention_bytes)
+        keys, args = append_args(self.prefix, thread_id, self.retention, lines)
         try:
             result = self._script(keys=keys, args=args)
         except self._unreachable_errors as exc:

@@ -3,6 +3,7 @@ applies them takes them from it (the literals appear nowhere else, here included
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -11,10 +12,14 @@ from typer.testing import CliRunner
 
 from otel_events.bridge import command
 from otel_events.bridge.memory import MemoryBroker
+from otel_events.bridge.redis import RedisBroker
 from otel_events.bridge.settings import BridgeSettings
+from otel_events.redis_sink import RedisSink
 from otel_events.retention import Retention
 
 DEFAULTS = Retention()
+# With Redis the total over all threads is Redis's maxmemory, not a limit of ours.
+PER_THREAD = dataclasses.replace(DEFAULTS, total_bytes=None)
 
 
 def settings_limits(settings: BridgeSettings) -> Retention:
@@ -54,3 +59,11 @@ def test_the_memory_broker_defaults_to_it() -> None:
         count=broker.retention_count, age=broker.retention_age,
         bytes=broker.retention_bytes, total_bytes=broker.budget.limit,
         idle_expiry=broker.idle_expiry, max_threads=broker.max_threads) == DEFAULTS
+
+
+def test_the_redis_broker_defaults_to_it() -> None:
+    assert RedisBroker().retention == PER_THREAD  # no connection until first used
+
+
+def test_the_redis_sink_falls_back_to_it() -> None:
+    assert RedisSink("redis://127.0.0.1:1/0").retention == PER_THREAD

@@ -14,6 +14,8 @@ Per thread (keys share the hash tag ``{thread_id}``):
 * ``<prefix>:{t}:k``: the checkpoint, the thread's folded state as of seq ``ck``.
 * ``<prefix>:threads``, a sorted set of thread ids scored by creation time: the
   registry behind ``GET /v1/threads`` (oldest first, as in memory) and the thread limit.
+* ``<prefix>:limits``, a hash: the retention, idle expiry and thread limit that every
+  append applies, whoever makes it (a replica or a ``RedisSink``).
 * Channel ``<prefix>:{t}:n``: every append publishes ``epoch first lo`` and then each
   event it numbered (type and JSON, one a line).
 
@@ -25,6 +27,14 @@ retries, ``XADD``\\ s, trims, sets the keys' TTL and publishes, so two replicas 
 one thread at once can never give two events one seq, and a retry that lands on another
 replica is still recognised (the digest is a hash of the line that every process
 computes alike, unlike Python's ``hash``).
+
+**One set of limits.** A replica stores its limits when it first reaches Redis (its
+first append, readiness check or sweep) and the append script applies the stored ones,
+so replicas and sinks told otherwise still trim alike. Replicas started with different
+limits: the one started last wins, and logs a warning that it replaced others; the
+others log one when their sweep finds limits not theirs, and sweep by the stored ones.
+A replica's sweep (and its first append after a flush) stores its limits again if they
+are gone. Each replica's mirror still holds its own ``retention_count`` of events.
 
 **Epochs.** The epoch lives in the meta hash. A thread whose meta hash is missing (new,
 expired, Redis flushed or restarted without persistence, evicted) starts over with a
@@ -98,16 +108,21 @@ from otel_events.log import Cursor, EventLog
 from otel_events.protocol import parse_event
 from otel_events.redis_sink import (
     APPEND_LUA,
+    LIMIT_FIELDS,
+    LIMITS_LUA,
     TRIM_LUA,
     append_args,
     assigned_seqs,
     channel_name,
     dedup_member,
     event_rest,
+    limit_values,
+    limits_key,
     parse_notification,
     registry_key,
     stream_keys,
 )
+from otel_events.retention import Retention
 
 if TYPE_CHECKING:
     from otel_events.bridge.settings import BridgeSettings
@@ -115,6 +130,8 @@ if TYPE_CHECKING:
 __all__ = ["RedisBroker", "RedisReader", "decode_state", "encode_state", "line_digest"]
 
 _log = logging.getLogger(__name__)
+
+_RETENTION = Retention()
 
 # Errors that mean "Redis cannot be reached now" (as opposed to a bug in a script).
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -181,6 +198,10 @@ def _text(value: Any) -> str | None:
 
 def _int(value: bytes | str | int | None, default: int = 0) -> int:
     return default if value is None else int(value)
+
+
+def _describe(limits: Sequence[int]) -> str:
+    return " ".join(f"{name}={value}" for name, value in zip(LIMIT_FIELDS, limits, strict=True))
 
 
 def _seq_of(stream_id: bytes | str) -> int:
@@ -446,18 +467,22 @@ class RedisReader:
 # -- the broker ---------------------------------------------------------------------------------
 
 class RedisBroker:
-    """Threads kept in Redis (Streams) and shared by every bridge replica on it."""
+    """Threads kept in Redis (Streams) and shared by every bridge replica on it.
+
+    The retention defaults are the deployed bridge's (``Retention``); the limits go to
+    Redis on first contact, where every writer applies them (see the module docstring).
+    """
 
     def __init__(
         self,
         url: str = "redis://127.0.0.1:6379/0",
         *,
         prefix: str = "otel-events",
-        retention_count: int = 4096,
-        retention_age: float | None = None,
-        retention_bytes: int | None = None,
-        idle_expiry: float | None = 3600.0,
-        max_threads: int = 10_000,
+        retention_count: int = _RETENTION.count,
+        retention_age: float | None = _RETENTION.age,
+        retention_bytes: int | None = _RETENTION.bytes,
+        idle_expiry: float | None = _RETENTION.idle_expiry,
+        max_threads: int = _RETENTION.max_threads,
         max_turns: int = 20,
         batch: int = 512,
         checkpoint_every: int | None = None,
@@ -473,6 +498,15 @@ class RedisBroker:
         self.retention_bytes = retention_bytes
         self.idle_expiry = idle_expiry
         self.max_threads = max_threads
+        #: This replica's limits (the total is Redis's ``maxmemory``, not ours).
+        self.retention = Retention(
+            count=retention_count, age=retention_age, bytes=retention_bytes,
+            total_bytes=None, idle_expiry=idle_expiry, max_threads=max_threads)
+        self._own_limits = limit_values(self.retention)
+        #: The limits in force as last read from Redis (``LIMIT_FIELDS``): this
+        #: replica's until a sweep finds another replica's stored.
+        self.limits_in_force = self._own_limits
+        self._limits_stored = False
         self.max_turns = max_turns
         self.batch = batch
         #: Events between checkpoints of the folded state: the stream holds at most this
@@ -490,7 +524,9 @@ class RedisBroker:
         self._append_script = self._client.register_script(APPEND_LUA)
         self._trim_script = self._client.register_script(_TRIM_SCRIPT_LUA)
         self._checkpoint_script = self._client.register_script(_CHECKPOINT_LUA)
+        self._limits_script = self._client.register_script(LIMITS_LUA)
         self._registry = registry_key(prefix)
+        self._limits_key = limits_key(prefix)
         self._watches: dict[str, _Watch] = {}
         self._by_channel: dict[bytes, _Watch] = {}
         self._folds: dict[str, _Folded] = {}
@@ -530,7 +566,36 @@ class RedisBroker:
 
     @property
     def _ttl_ms(self) -> int:
-        return 0 if self.idle_expiry is None else max(1, int(self.idle_expiry * 1000))
+        return self.limits_in_force[3]
+
+    async def _store_limits(self) -> None:
+        """Store this replica's limits for every writer: on first contact they replace
+        whatever is stored (the replica started last wins), later only if none are
+        (Redis flushed or restarted since). Raises what the client raises."""
+        first = not self._limits_stored
+        reply = await self._limits_script(
+            keys=[self._limits_key],
+            args=["replace" if first else "restore", *self._own_limits])
+        held = None if reply[0] is None else [int(value or 0) for value in reply]
+        own = self._own_limits
+        if first:
+            self._limits_stored = True
+            if held is not None and held != own:
+                _log.warning(
+                    "Redis under prefix %r held other limits (%s), stored by a replica "
+                    "started with other settings; this replica's (%s) replace them for "
+                    "every writer", self.prefix, _describe(held), _describe(own))
+            self.limits_in_force = own
+        elif held is None:
+            self.limits_in_force = own  # restored after a flush
+        elif held != self.limits_in_force:
+            if held != own:
+                _log.warning(
+                    "Redis under prefix %r holds limits (%s) that are not this replica's "
+                    "(%s): a replica started later with other settings; every writer "
+                    "applies the stored ones", self.prefix, _describe(held),
+                    _describe(own))
+            self.limits_in_force = held
 
     # -- the Broker interface ------------------------------------------------------------
 
@@ -541,16 +606,18 @@ class RedisBroker:
     async def append(self, thread_id: str, lines: Sequence[EventLine]) -> Appended:
         if not valid_thread_id(thread_id):
             raise ValueError("invalid thread id")
-        keys, args = append_args(
-            self.prefix, thread_id, self.retention_count, self.retention_age,
-            self.idle_expiry, self.max_threads,
-            [_line(line, thread_id) for line in lines], self.retention_bytes)
+        keys, args = append_args(self.prefix, thread_id, self.retention,
+                                 [_line(line, thread_id) for line in lines], bridge=True)
         try:
+            if not self._limits_stored:
+                await self._store_limits()
             result = await self._append_script(keys=keys, args=args)
         except _UNREACHABLE as exc:
             raise BrokerUnavailable(f"Redis is unreachable ({type(exc).__name__})") from None
         if not result or result[0] is None:
-            raise TooManyThreads(f"the bridge holds {self.max_threads} threads")
+            # The script says the limit in force, which may be another replica's.
+            limit = result[1] if result and len(result) > 1 else self.max_threads
+            raise TooManyThreads(f"the bridge holds {limit} threads")
         epoch, checkpoint, seqs = _text(result[0]) or "", int(result[1]), assigned_seqs(result)
         accepted = sum(1 for seq in seqs if seq)
         last_seq = max(seqs) if accepted else None
@@ -611,7 +678,8 @@ class RedisBroker:
 
     async def _sweep_redis(self) -> int:
         client = self._client
-        ttl = self._ttl_ms
+        await self._store_limits()
+        count, age_ms, max_bytes, ttl, _ = self.limits_in_force
         if ttl and self._watches:
             # Threads with readers here do not expire (as in memory: no event *and* no
             # reader); their TTL is refreshed well within the idle expiry.
@@ -645,17 +713,16 @@ class RedisBroker:
                 top, checkpoint = next(marks)
                 if _int(top) - _int(checkpoint) >= self.checkpoint_every:
                     await self._checkpoint(thread_id)
-        if self.retention_age is not None:
+        if age_ms:
             # Appends trim a busy thread; a quiet one's events age here.
-            age_ms = int(self.retention_age * 1000)
             async with client.pipeline(transaction=False) as pipe:
                 for thread_id, exists in zip(ids, alive, strict=True):
                     if exists:
                         meta, stream, dedup, _ = self._keys(thread_id)
                         await self._trim_script(keys=[meta, stream, dedup],
-                                                args=[self.retention_count, age_ms,
+                                                args=[count, age_ms,
                                                       self._key(thread_id, "n"),
-                                                      self.retention_bytes or 0],
+                                                      max_bytes],
                                                 client=pipe)
                 await pipe.execute()
         return forgotten
@@ -664,6 +731,10 @@ class RedisBroker:
         if self._closed:
             return False
         try:
+            if not self._limits_stored:
+                # A readiness probe is the first contact of a replica that gets no
+                # traffic yet: its limits are in Redis before any sink appends.
+                await asyncio.wait_for(self._store_limits(), 2.0)
             return bool(await asyncio.wait_for(self._client.ping(), 2.0))
         except (TimeoutError, *_UNREACHABLE, RedisError):
             return False
