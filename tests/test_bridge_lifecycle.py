@@ -3,6 +3,7 @@ retention, and the command's warning when it listens beyond loopback with no tok
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -72,3 +73,34 @@ def test_the_command_warns_when_listening_beyond_loopback_without_a_token(
         process.wait(10)
     text = "".join(seen)
     assert ("warning: listening on 0.0.0.0 with no token" in text) is warned, text
+
+
+async def test_a_failing_sweep_is_reported_and_the_sweeper_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A store error that is not "unreachable" (Redis answering READONLY during a
+    # failover, OOM...) must not end the sweeper: retention and expiry would stop for
+    # the life of the process, silently.
+    from otel_events.bridge.memory import MemoryBroker
+
+    third = asyncio.Event()
+
+    class Flaky(MemoryBroker):
+        calls = 0
+
+        async def expire(self) -> int:
+            Flaky.calls += 1
+            if Flaky.calls == 3:
+                third.set()
+            if Flaky.calls == 1:
+                raise RuntimeError("READONLY You can't write against a read only replica.")
+            return await super().expire()
+
+    flaky = Flaky()
+    app = create_app(BridgeSettings(sweep_interval=0.01), broker=flaky)
+    assert app.state.broker is flaky  # an empty memory broker is falsy: it was replaced
+    caplog.set_level("WARNING", logger="otel_events.bridge")
+    async with app.router.lifespan_context(app):
+        await asyncio.wait_for(third.wait(), 10)  # two sweeps after the failed one
+    lines = [r.getMessage() for r in caplog.records if "sweep" in r.getMessage()]
+    assert lines and "RuntimeError" in lines[0]
+    assert "READONLY" not in lines[0]  # an error's text may quote stored data: type only

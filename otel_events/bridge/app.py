@@ -269,7 +269,8 @@ def create_app(settings: BridgeSettings | None = None,
     # sse-starlette logs every chunk it sends at DEBUG: that is event content, which
     # must never reach the bridge's logs, whatever level the application picks.
     logging.getLogger("sse_starlette").setLevel(logging.INFO)
-    broker = broker or make_broker(settings)
+    # Not ``broker or ...``: a memory broker with no thread yet is falsy (``len``).
+    broker = broker if broker is not None else make_broker(settings)
     incidents = Incidents(logging.getLogger("otel_events.bridge"))
 
     @contextlib.asynccontextmanager
@@ -277,7 +278,16 @@ def create_app(settings: BridgeSettings | None = None,
         async def sweep() -> None:
             while True:
                 await asyncio.sleep(settings.sweep_interval)
-                await broker.expire()
+                try:
+                    await broker.expire()
+                except Exception as exc:  # the next sweep may succeed
+                    # An error the broker does not absorb (a Redis replica answering
+                    # READONLY in a failover, OOM) must not end the sweeper: retention
+                    # and expiry would stop for the life of the process. Its type only:
+                    # a store's error text may quote stored data.
+                    incidents.report("sweep_failed", f"the retention sweep failed "
+                                     f"({type(exc).__name__}); retrying every "
+                                     f"{settings.sweep_interval:g} s")
 
         async def report() -> None:
             while True:
