@@ -10,9 +10,11 @@ The sink works as ``HttpSink`` does: a background thread reads the emitter's
 ``EventLog`` and appends whatever accumulated as one script call; the agent only ever
 appends to memory. The log is the bounded buffer: while Redis is unreachable the sink
 retries the batch in hand with backoff and the log keeps the newest events; what it
-overwrote meanwhile is counted in ``dropped``. Nothing here blocks or raises into agent
-code. A retried batch that had in fact been written is recognised by the script (the
-same producer seq and content), so retries deliver each event once.
+overwrote meanwhile is counted in ``dropped``. A Redis that refuses for a while (full
+under ``noeviction``, a replica during a failover, busy, loading) is retried alike.
+Nothing here blocks or raises into agent code. A retried batch that had in fact been
+written is recognised by the script (the same producer seq and content), so retries
+deliver each event once.
 
 The sink does not fold the thread's state; the bridge replicas checkpoint it as they
 sweep, and until one has, the stream keeps every event after the last checkpoint.
@@ -39,9 +41,47 @@ from otel_events.sinks import BatchingSink
 
 __all__ = ["APPEND_LUA", "LIMITS_LUA", "LIMIT_FIELDS", "TRIM_LUA", "RedisSink",
            "assigned_seqs", "dedup_member", "event_rest", "limit_values", "limits_key",
-           "new_epoch", "parse_notification", "stream_keys"]
+           "new_epoch", "parse_notification", "refusal", "stream_keys"]
 
 _RETENTION = Retention()
+
+# -- a reachable Redis that refuses ---------------------------------------------------------
+
+# Refusals that pass (memory freed, a failover done, a script ended, the dataset loaded):
+# the request can be sent again later, so the bridge answers 503 and a sink retries. By
+# the error's code only: the rest of a script's error text may quote the data it held.
+_REFUSALS = {
+    "OOM": "Redis refused the write: out of memory (maxmemory)",
+    "READONLY": "Redis refused the write: it is a read-only replica (failover in progress?)",
+    "MISCONF": "Redis refused the write: it cannot persist (MISCONF)",
+    "NOREPLICAS": "Redis refused the write: not enough replicas (min-replicas-to-write)",
+    "BUSY": "Redis is busy running a script",
+    "LOADING": "Redis is loading its dataset",
+    "MASTERDOWN": "Redis has lost its link to the primary",
+}
+
+# redis-py's classes for the codes it recognises (it strips the code from their text).
+_REFUSAL_CLASSES = {"OutOfMemoryError": "OOM", "ReadOnlyError": "READONLY",
+                    "BusyLoadingError": "LOADING", "MasterDownError": "MASTERDOWN"}
+
+# What redis-py puts before a command's error in a pipeline (with the command's arguments).
+_PIPELINE_ERROR = "of pipeline caused error: "
+
+
+def refusal(exc: BaseException) -> str | None:
+    """What a Redis error says if Redis refused for now (full, a replica, busy, loading),
+    never quoting its text; ``None`` for any other error. Works on redis-py's exceptions
+    without importing redis-py (the core does not need it)."""
+    for cls in type(exc).__mro__:
+        code = _REFUSAL_CLASSES.get(cls.__name__)
+        if code is not None:
+            return _REFUSALS[code]
+    if "ResponseError" not in {cls.__name__ for cls in type(exc).__mro__}:
+        return None
+    text = str(exc.args[0]) if exc.args else ""
+    # A pipeline's error reads 'Command # n (...) of pipeline caused error: <error>'.
+    text = text.rpartition(_PIPELINE_ERROR)[2].lstrip("('\"")
+    return _REFUSALS.get(text.split(" ", 1)[0])
 
 
 # -- the layout, shared with the bridge -----------------------------------------------------
@@ -229,9 +269,12 @@ else
     end
     if redis.call('ZCARD', registry) >= max_threads then return {false, max_threads} end
   end
+  -- ZADD first: a write Redis refuses when full (noeviction), where DEL is not; a
+  -- script that wrote once runs to its end past maxmemory, so a new thread would
+  -- otherwise be taken in whole by a full Redis that refuses every other append.
+  redis.call('ZADD', registry, now, ARGV[6])
   redis.call('DEL', stream, dedup, ckpt)
   epoch = ARGV[1]
-  redis.call('ZADD', registry, now, ARGV[6])
 end
 -- The reply stays small whatever the batch: the first seq given, and one mark per line
 -- ('1': a retry, skipped); accepted lines have consecutive seqs.
@@ -320,7 +363,8 @@ class RedisSink(BatchingSink):
     Redis yet, or it was flushed since and no replica has written them back).
 
     Counters: ``sent`` (appended, or recognised as already there), ``dropped`` (never
-    delivered: overwritten while Redis was unreachable, refused, or still unsent at
+    delivered: overwritten while Redis was unreachable or refusing for a while (full,
+    a replica in a failover), refused for good (a script error), or still unsent at
     ``close``), ``requests`` (script calls).
     """
 
@@ -379,9 +423,14 @@ class RedisSink(BatchingSink):
         try:
             result = self._script(keys=keys, args=args)
         except self._unreachable_errors as exc:
-            self._unreachable(type(exc).__name__)
+            self._unreachable(refusal(exc) or type(exc).__name__)
             return False
-        except Exception as exc:  # a script error: sending it again cannot help
+        except Exception as exc:
+            why = refusal(exc)
+            if why is not None:  # Redis full, a replica in a failover...: it passes
+                self._unreachable(why)
+                return False
+            # A script error: sending it again cannot help.
             self._refused(batch, type(exc).__name__)
             return True
         self._reachable()

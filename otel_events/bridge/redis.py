@@ -64,7 +64,10 @@ policy are the memory broker's. One pub/sub connection serves every watched thre
 503 with ``Retry-After``), ``ready()`` is false, and readers stay parked (their SSE
 streams keep their heartbeats); when Redis is back the pub/sub connection is rebuilt,
 every watched thread is fetched again, and readers resume, or get a reset if the epoch
-changed meanwhile.
+changed meanwhile. Redis reachable but refusing for now (full under ``noeviction``, a
+replica in a failover, busy, loading: ``refusal``) is answered alike, as ``RedisRefused``
+(a ``BrokerUnavailable`` saying why, never quoting the error's text, which may hold data),
+and ``ready()`` is false then too.
 
 Needs a standalone Redis (or a primary behind Sentinel) of version 6.2 or later: the
 scripts reach the registry and other threads' keys, which Redis Cluster does not allow.
@@ -78,7 +81,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -87,7 +90,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from otel_events.bridge.broker import (
@@ -119,6 +122,7 @@ from otel_events.redis_sink import (
     limit_values,
     limits_key,
     parse_notification,
+    refusal,
     registry_key,
     stream_keys,
 )
@@ -127,7 +131,8 @@ from otel_events.retention import Retention
 if TYPE_CHECKING:
     from otel_events.bridge.settings import BridgeSettings
 
-__all__ = ["RedisBroker", "RedisReader", "decode_state", "encode_state", "line_digest"]
+__all__ = ["RedisBroker", "RedisReader", "RedisRefused", "decode_state", "encode_state",
+           "line_digest"]
 
 _log = logging.getLogger(__name__)
 
@@ -135,6 +140,36 @@ _RETENTION = Retention()
 
 # Errors that mean "Redis cannot be reached now" (as opposed to a bug in a script).
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# ...and those among which a reachable Redis says it refuses for now (``refusal``: full
+# under noeviction, a replica in a failover, busy with a script, loading).
+_UNAVAILABLE = (*_UNREACHABLE, ResponseError)
+
+
+class RedisRefused(BrokerUnavailable):
+    """Redis is reachable but refuses for now; the text says why (never the data)."""
+
+
+def _unavailable(exc: BaseException) -> BrokerUnavailable | None:
+    """``exc`` as the broker's "try again later", or ``None`` if it is something else."""
+    why = refusal(exc)
+    if why is not None:
+        return RedisRefused(why)
+    if isinstance(exc, _UNREACHABLE):
+        return BrokerUnavailable(f"Redis is unreachable ({type(exc).__name__})")
+    return None
+
+
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """Redis unreachable or refusing: ``BrokerUnavailable`` (the routes answer 503 with
+    Retry-After); any other error goes on as it is."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        error = _unavailable(exc)
+        if error is None:
+            raise
+        raise error from None
 
 # -- Lua -------------------------------------------------------------------------------
 
@@ -535,6 +570,9 @@ class RedisBroker:
         self._listener: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self._last_sweep = time.monotonic()
+        #: Why Redis refused the last sweep, if it did (to log each refusal once).
+        self._sweep_refused: str | None = None
+        self._probe_key = f"{prefix}:ready-probe"
         self._closed = False
         #: Stream reads made to bring mirrors up to date (a diagnostic: a mirror that
         #: keeps up takes its events from the notifications, with no read).
@@ -608,12 +646,10 @@ class RedisBroker:
             raise ValueError("invalid thread id")
         keys, args = append_args(self.prefix, thread_id, self.retention,
                                  [_line(line, thread_id) for line in lines], bridge=True)
-        try:
+        with _store_errors():
             if not self._limits_stored:
                 await self._store_limits()
             result = await self._append_script(keys=keys, args=args)
-        except _UNREACHABLE as exc:
-            raise BrokerUnavailable(f"Redis is unreachable ({type(exc).__name__})") from None
         if not result or result[0] is None:
             # The script says the limit in force, which may be another replica's.
             limit = result[1] if result and len(result) > 1 else self.max_threads
@@ -625,9 +661,10 @@ class RedisBroker:
             self._fold_own(thread_id, epoch, lines, seqs)
             assert last_seq is not None
             if last_seq - checkpoint >= self.checkpoint_every:
-                with contextlib.suppress(*_UNREACHABLE):
-                    # A missed checkpoint is made by the next append: the stream keeps
-                    # everything after the last one meanwhile.
+                # The events are in: a checkpoint Redis cannot take now (unreachable,
+                # full...) must not fail the request, or the producer would retry it. The
+                # next append makes it; the stream keeps everything after the last one.
+                with contextlib.suppress(BrokerUnavailable), _store_errors():
                     await self._checkpoint(thread_id)
         return Appended(accepted, len(seqs) - accepted, last_seq)
 
@@ -639,11 +676,9 @@ class RedisBroker:
         return None if folded is None else folded.to_json()
 
     async def summaries(self) -> list[dict[str, Any]]:
-        try:
+        with _store_errors():
             ids = [_text(value) or "" for value in await self._client.zrange(
                 self._registry, 0, -1)]
-        except _UNREACHABLE as exc:
-            raise BrokerUnavailable(f"Redis is unreachable ({type(exc).__name__})") from None
         folds = await self._fold_many(ids)
         return [fold.snapshot.summary() for fold in folds if fold is not None]
 
@@ -657,10 +692,23 @@ class RedisBroker:
                     and watch.idle_since <= previous):
                 self._drop_watch(watch)
         try:
-            await self._check_mirrors()
-            return await self._sweep_redis()
-        except _UNREACHABLE:
+            with _store_errors():
+                await self._check_mirrors()
+                forgotten = await self._sweep_redis()
+        except RedisRefused as exc:
+            # Redis full, or a replica in a failover: the next sweep does the work. Said
+            # once per refusal, not once per sweep.
+            if self._sweep_refused != str(exc):
+                self._sweep_refused = str(exc)
+                _log.warning("retention sweep on Redis skipped: %s; retrying at each sweep",
+                             exc)
             return 0
+        except BrokerUnavailable:
+            return 0  # unreachable: the next sweep does the work
+        if self._sweep_refused is not None:
+            self._sweep_refused = None
+            _log.warning("retention sweep on Redis done again")
+        return forgotten
 
     async def _check_mirrors(self) -> None:
         """A flush or an expiry sends no notification: compare each mirror's epoch with
@@ -735,7 +783,12 @@ class RedisBroker:
                 # A readiness probe is the first contact of a replica that gets no
                 # traffic yet: its limits are in Redis before any sink appends.
                 await asyncio.wait_for(self._store_limits(), 2.0)
-            return bool(await asyncio.wait_for(self._client.ping(), 2.0))
+            # Not a PING: a write that writes nothing (SET ... XX of a key nobody sets),
+            # so a Redis that answers but refuses writes (full under noeviction, a
+            # replica in a failover, busy, loading) is not ready either, in one round
+            # trip, with nothing stored or replicated.
+            await asyncio.wait_for(self._client.set(self._probe_key, b"", xx=True), 2.0)
+            return True
         except (TimeoutError, *_UNREACHABLE, RedisError):
             return False
 
@@ -802,7 +855,7 @@ class RedisBroker:
         if not thread_ids:
             return []
         client = self._client
-        try:
+        with _store_errors():
             async with client.pipeline(transaction=False) as pipe:
                 for thread_id in thread_ids:
                     pipe.hmget(self._key(thread_id, "m"), "epoch", "top", "ck")
@@ -828,8 +881,6 @@ class RedisBroker:
                     pipe.xrange(self._key(thread_id, "s"), min=base + 1)
                     plans.append((index, epoch, not usable))
                 replies = await pipe.execute() if plans else []
-        except _UNREACHABLE as exc:
-            raise BrokerUnavailable(f"Redis is unreachable ({type(exc).__name__})") from None
         position = 0
         for index, epoch, with_checkpoint in plans:
             thread_id = thread_ids[index]
