@@ -11,6 +11,9 @@ code. A retried batch that had in fact arrived is de-duplicated by the bridge.
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 from urllib.parse import quote
 
 import httpx
@@ -22,6 +25,10 @@ __all__ = ["HttpSink"]
 
 # Answers that may succeed if the same batch is sent again later.
 _RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
+# How the bridge's 413 states its limit (``otel_events.bridge.routes``).
+_LIMIT_TEXT = re.compile(r"larger than (\d+) bytes")
+
+_log = logging.getLogger(__name__)
 
 
 class HttpSink(BatchingSink):
@@ -31,6 +38,10 @@ class HttpSink(BatchingSink):
     (accepted by the bridge), ``dropped`` (never delivered: overwritten while the bridge
     was unreachable, refused, or still unsent at ``close``), ``rejected`` (of those,
     lines the bridge refused), ``requests``.
+
+    A batch over the bridge's body limit (413) is sent in parts, and ``max_batch_bytes``
+    lowered to the limit for later batches; only an event over the limit on its own is
+    refused for good.
     """
 
     kind = "HttpSink"
@@ -52,6 +63,8 @@ class HttpSink(BatchingSink):
                          backoff=backoff, max_backoff=max_backoff)
         self.url = url.rstrip("/")
         self.rejected = 0
+        # The reason of the last refusal logged, until a part is accepted again.
+        self._last_refusal: str | None = None
         headers = {"content-type": "application/x-ndjson"}
         if token is not None:
             headers["authorization"] = f"Bearer {token}"
@@ -68,27 +81,117 @@ class HttpSink(BatchingSink):
             self._client.close()
 
     def _deliver(self, batch: list[Entry]) -> bool:
+        """Post ``batch`` in parts that fit the bridge's body limit (as far as it is
+        known); each part done leaves ``batch``, so a retry resumes after it."""
         assert self._client is not None
-        body = b"".join(entry.json + b"\n" for entry in batch)
-        try:
-            response = self._client.post(self._events_url, content=body)
-        except httpx.HTTPError as exc:
-            self._unreachable(type(exc).__name__)
-            return False
-        status = response.status_code
-        if status in _RETRYABLE:
-            self._unreachable(f"HTTP {status}")
-            return False
-        self._reachable()
-        if status in (200, 207, 422):
+        posted = False
+        while batch:
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                return False  # closing, out of time: the rest is counted as lost
+            count = self._fitting(batch)
+            body = b"".join(entry.json + b"\n" for entry in batch[:count])
+            if posted:  # BatchingSink counted the first request of this call
+                self.requests += 1
+            posted = True
             try:
-                refused = len(response.json().get("rejected", ()))
-            except (ValueError, AttributeError, TypeError):  # not the bridge's answer
-                refused = 0 if status == 200 else len(batch)
+                response = self._client.post(self._events_url, content=body)
+            except httpx.HTTPError as exc:
+                self._unreachable(type(exc).__name__)
+                return False
+            status = response.status_code
+            if status in _RETRYABLE:
+                self._unreachable(f"HTTP {status}")
+                return False
+            self._reachable()
+            if status == 413 and count > 1:
+                # A bridge (or a proxy) with a smaller limit than our batches: cut
+                # smaller, now and for every later batch, and send the parts.
+                self._learn_limit(response, len(body))
+                continue
+            if status == 413:  # one event larger than the limit: no cut can help
+                self.rejected += 1
+                self._refuse(1, f"HTTP 413 to one event of {len(body)} bytes, over the limit")
+            else:
+                self._answered(count, status, response)
+            del batch[:count]
+        return True
+
+    def _fitting(self, batch: list[Entry]) -> int:
+        """How many events from the start of ``batch`` fit ``max_batch_bytes`` (one at
+        least: a single event larger than the limit is sent, for the bridge to judge)."""
+        if self.max_batch_bytes is None:
+            return len(batch)
+        size = 0
+        for index, entry in enumerate(batch):
+            size += len(entry.json) + 1
+            if size > self.max_batch_bytes and index > 0:
+                return index
+        return len(batch)
+
+    def _learn_limit(self, response: httpx.Response, refused: int) -> None:
+        """Lower ``max_batch_bytes`` below a refused body of ``refused`` bytes: to the
+        limit the bridge states in its 413, or else to half the body."""
+        limit = _stated_limit(response)
+        if limit is None or limit >= refused:
+            limit = refused // 2
+        limit = max(1, limit)
+        if self.max_batch_bytes is None or limit < self.max_batch_bytes:
+            _log.warning("otel-events HttpSink: a body of %d bytes is over the bridge's "
+                         "limit (HTTP 413); sending it in parts, and at most %d bytes a "
+                         "request from now on", refused, limit)
+            self.max_batch_bytes = limit
+
+    def _answered(self, count: int, status: int, response: httpx.Response) -> None:
+        """Count a part of ``count`` events the bridge answered with ``status``."""
+        if status in (200, 207, 422):
+            refused = _rejected_lines(response)
+            if refused is None:  # not the bridge's answer
+                if status == 200:
+                    refused = 0
+                else:  # a 422 without lines: no line was read (an invalid thread id)
+                    self.rejected += count
+                    self._refuse(count, f"HTTP {status}, not the bridge's answer")
+                    return
+            refused = min(refused, count)
             self.rejected += refused
             self._lost += refused
-            self.sent += len(batch) - refused
-            return True
-        # 401, 403, 404, 413, 415...: sending the same batch again cannot help.
-        self._refused(batch, f"HTTP {status}")
-        return True
+            self.sent += count - refused
+            self._last_refusal = None
+            return
+        # 401, 403, 404, 415, a redirect...: sending the same part again cannot help.
+        where = response.headers.get("location")
+        self._refuse(count, f"HTTP {status}" + (f" to {where}" if where else ""))
+
+    def _refuse(self, count: int, why: str) -> None:
+        """Count ``count`` events lost for good; log the reason when it is new (a
+        wrong token refuses every batch: one line, not one a request)."""
+        self._lost += count
+        if why != self._last_refusal:
+            self._last_refusal = why
+            _log.warning("otel-events HttpSink: the bridge refused a batch (%s); "
+                         "%d events dropped", why, count)
+
+
+def _rejected_lines(response: httpx.Response) -> int | None:
+    """The lines a bridge's 200/207/422 answer rejected; None if it is not one."""
+    try:
+        answer = response.json()
+    except ValueError:
+        return None
+    if not isinstance(answer, dict) or not isinstance(answer.get("accepted"), int):
+        return None
+    count = answer.get("rejected_count")
+    if isinstance(count, int) and not isinstance(count, bool):
+        return count
+    rejected = answer.get("rejected")
+    return len(rejected) if isinstance(rejected, list) else None
+
+
+def _stated_limit(response: httpx.Response) -> int | None:
+    """The body limit a bridge's 413 states (``the body is larger than N bytes``)."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return None
+    found = _LIMIT_TEXT.search(detail) if isinstance(detail, str) else None
+    return int(found.group(1)) if found else None

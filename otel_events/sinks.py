@@ -150,7 +150,10 @@ class BatchingSink:
         """Prepare to deliver thread ``thread_id``'s events (on the sink's thread)."""
 
     def _deliver(self, batch: list[Entry]) -> bool:
-        """True: done with the batch (delivered, or refused for good); False: retry it."""
+        """True: done with the batch (delivered, or refused for good); False: retry it.
+
+        A subclass that delivers a batch in parts removes each part done from the front
+        of ``batch`` before it returns False: the retry sends only what is left."""
         raise NotImplementedError
 
     def _disconnect(self) -> None:
