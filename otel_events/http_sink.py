@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import re
 import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from urllib.parse import quote
 
 import httpx
@@ -100,6 +102,7 @@ class HttpSink(BatchingSink):
                 return False
             status = response.status_code
             if status in _RETRYABLE:
+                self._retry_after = _retry_after(response.headers.get("retry-after"))
                 self._unreachable(f"HTTP {status}")
                 return False
             self._reachable()
@@ -195,3 +198,19 @@ def _stated_limit(response: httpx.Response) -> int | None:
         return None
     found = _LIMIT_TEXT.search(detail) if isinstance(detail, str) else None
     return int(found.group(1)) if found else None
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delay-seconds or an HTTP date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value[:12])  # a bigger number than that is capped anyway
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

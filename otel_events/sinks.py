@@ -114,6 +114,9 @@ class BatchingSink:
         self._stop = threading.Event()
         self._deadline: float | None = None
         self._down = False
+        #: Seconds the destination asked to wait before the next attempt (a subclass's
+        #: ``_deliver`` sets it with a retryable answer; see ``max_backoff``).
+        self._retry_after: float | None = None
 
     # -- the Sink protocol ---------------------------------------------------------------
 
@@ -203,17 +206,37 @@ class BatchingSink:
                 attempt += 1
                 delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
                 delay *= 0.5 + random.random() / 2
-                if self._deadline is not None:
-                    delay = min(delay, max(0.0, self._deadline - time.monotonic()))
-                # While closing, _stop is already set: fall back to a plain sleep.
-                if not self._stop.is_set():
-                    self._stop.wait(delay)
-                else:
-                    time.sleep(delay)
+                # The destination said how long to wait (Retry-After): at least that,
+                # but no longer than max_backoff, whatever it said.
+                floor = 0.0
+                if self._retry_after is not None:
+                    floor = min(max(0.0, self._retry_after), self.max_backoff)
+                    self._retry_after = None
+                    delay = max(delay, floor)
+                self._pause(delay, floor)
         except Exception:  # the agent must never see a sink's failure
             _log.exception("otel-events %s stopped", self.kind)
         finally:
             self._disconnect()
+
+    def _pause(self, delay: float, floor: float) -> None:
+        """Wait ``delay`` seconds before a retry, never past the ``close`` deadline.
+        ``close`` cuts a backoff short (what is left goes sooner), but not the ``floor``
+        the destination asked for."""
+        start = time.monotonic()
+        end, floor_end = start + delay, start + floor
+        if self._deadline is not None:
+            end, floor_end = min(end, self._deadline), min(floor_end, self._deadline)
+        # While closing, _stop is already set: fall back to a plain sleep.
+        if not self._stop.is_set():
+            self._stop.wait(max(0.0, end - start))
+            end = floor_end
+        deadline = self._deadline  # set by close before it sets _stop
+        if deadline is not None:
+            end = min(end, deadline)
+        rest = end - time.monotonic()
+        if rest > 0:
+            time.sleep(rest)
 
     def _next_batch(self, cursor: Cursor) -> list[Entry]:
         entries, gap = cursor.read(limit=self.max_batch)

@@ -7,17 +7,23 @@ of producer events, so what each batch holds is decided by the test, not by timi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+import uvicorn
 
-from otel_events.http_sink import HttpSink
+from otel_events.http_sink import HttpSink, _retry_after
 from otel_events.log import EventLog
-from tests.bridge_support import running_bridge, turn_events, wait_for
+from tests.bridge_support import bound_socket, running_bridge, turn_events, wait_for
 
 LIMIT = 64 * 1024
 
@@ -176,3 +182,116 @@ def test_a_wrong_token_is_logged_once_not_once_a_request(
         assert (sink.sent, sink.dropped) == (0, len(events))
         refusals = [r for r in caplog.records if "HTTP 401" in r.getMessage()]
         assert len(refusals) == 1, [r.getMessage() for r in refusals]
+
+
+# -- Retry-After, from a server that answers what the test scripts ------------------------
+
+
+Header = str | Callable[[], str]
+
+
+class _Scripted:
+    """An ASGI app: records when each POST arrived (after its body) and answers the next
+    scripted (status, headers); 200 with a bridge-like report once the script is out.
+    A header's value may be a function, called when the answer is sent (a date)."""
+
+    def __init__(self, script: list[tuple[int, dict[str, Header]]]) -> None:
+        self.script = list(script)
+        self.arrivals: list[float] = []
+        self.arrived = threading.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        lines = 0
+        while True:
+            message = await receive()
+            lines += message.get("body", b"").count(b"\n")
+            if not message.get("more_body"):
+                break
+        self.arrivals.append(time.monotonic())
+        self.arrived.set()
+        status, headers = self.script.pop(0) if self.script else (200, {})
+        body = orjson.dumps({"accepted": lines} if status == 200 else {"detail": "busy"})
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                *((k.encode(), (v if isinstance(v, str) else v()).encode())
+                                  for k, v in headers.items())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.arrivals, self.arrivals[1:], strict=False)]
+
+
+@contextlib.contextmanager
+def _serving(app: _Scripted) -> Iterator[str]:
+    sock = bound_socket()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, what="the scripted server")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10.0)
+
+
+def _http_date(seconds_ahead: float) -> str:
+    return format_datetime(datetime.now(UTC) + timedelta(seconds=seconds_ahead),
+                           usegmt=True)
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [
+    (503, "1"),                       # what the bridge says when Redis is unreachable
+    (429, lambda: _http_date(2.0)),   # a proxy's date: 1 to 2 s ahead at one-second grain
+], ids=["503-seconds", "429-http-date"])
+def test_retry_after_is_waited_before_the_next_attempt(
+        status: int, retry_after: Header) -> None:
+    app = _Scripted([(status, {"retry-after": retry_after})] * 2)
+    with _serving(app) as url:
+        sink = HttpSink(url, backoff=0.01, max_backoff=5.0)
+        log = EventLog()
+        sink.start(log, "busy")
+        _publish(log, turn_events("t1", 1))
+        wait_for(lambda: sink.sent == 4, what="the batch after two refusals")
+        assert sink.close(5.0)
+    assert len(app.arrivals) == 3
+    assert min(app.gaps()) >= 0.95, app.gaps()  # before: 0.005 to 0.02 s
+
+
+def test_a_hostile_retry_after_is_capped_by_max_backoff_and_close_still_bounded() -> None:
+    app = _Scripted([(503, {"retry-after": "999999999999999999999"})] * 1000)
+    with _serving(app) as url:
+        sink = HttpSink(url, backoff=0.01, max_backoff=0.3)
+        log = EventLog()
+        sink.start(log, "hostile")
+        _publish(log, turn_events("t1", 1))
+        wait_for(lambda: len(app.arrivals) >= 3, what="three attempts")
+        started = time.monotonic()
+        assert sink.close(0.2)
+        assert time.monotonic() - started < 1.0
+    gaps = app.gaps()[:2]
+    assert all(0.29 <= gap < 1.5 for gap in gaps), gaps
+    assert (sink.sent, sink.dropped) == (0, 4)
+
+
+def test_close_during_a_retry_after_still_waits_it_then_delivers() -> None:
+    app = _Scripted([(503, {"retry-after": "1"})])
+    with _serving(app) as url:
+        sink = HttpSink(url, backoff=0.01, max_backoff=5.0)
+        log = EventLog()
+        sink.start(log, "closing")
+        _publish(log, turn_events("t1", 1))
+        assert app.arrived.wait(10.0)
+        assert sink.close(5.0)  # wakes the sink's wait: the bridge's 1 s still holds
+    assert (sink.sent, sink.dropped) == (4, 0)
+    assert len(app.arrivals) == 2
+    assert app.gaps()[0] >= 0.95, app.gaps()
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("3", 3.0), (" 7 ", 7.0), (None, None), ("", None), ("-1", None), ("1.5", None),
+    ("²", None), ("soon", None), ("Sun, 06 Nov 1994 08:49:37 GMT", 0.0),
+])
+def test_retry_after_values(value: str | None, seconds: float | None) -> None:
+    assert _retry_after(value) == seconds
