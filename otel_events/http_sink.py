@@ -65,8 +65,8 @@ class HttpSink(BatchingSink):
                          backoff=backoff, max_backoff=max_backoff)
         self.url = url.rstrip("/")
         self.rejected = 0
-        # The reason of the last refusal logged, until a part is accepted again.
-        self._last_refusal: str | None = None
+        # The status of the last refusal logged, until a part is accepted again.
+        self._last_refusal: int | None = None
         headers = {"content-type": "application/x-ndjson"}
         if token is not None:
             headers["authorization"] = f"Bearer {token}"
@@ -113,7 +113,7 @@ class HttpSink(BatchingSink):
                 continue
             if status == 413:  # one event larger than the limit: no cut can help
                 self.rejected += 1
-                self._refuse(1, f"HTTP 413 to one event of {len(body)} bytes, over the limit")
+                self._refuse(1, 413, f"HTTP 413 to one event of {len(body)} bytes")
             else:
                 self._answered(count, status, response)
             del batch[:count]
@@ -153,7 +153,7 @@ class HttpSink(BatchingSink):
                     refused = 0
                 else:  # a 422 without lines: no line was read (an invalid thread id)
                     self.rejected += count
-                    self._refuse(count, f"HTTP {status}, not the bridge's answer")
+                    self._refuse(count, status, f"HTTP {status}, not the bridge's answer")
                     return
             refused = min(refused, count)
             self.rejected += refused
@@ -163,14 +163,15 @@ class HttpSink(BatchingSink):
             return
         # 401, 403, 404, 415, a redirect...: sending the same part again cannot help.
         where = response.headers.get("location")
-        self._refuse(count, f"HTTP {status}" + (f" to {where}" if where else ""))
+        self._refuse(count, status, f"HTTP {status}" + (f" to {where}" if where else ""))
 
-    def _refuse(self, count: int, why: str) -> None:
-        """Count ``count`` events lost for good; log the reason when it is new (a
-        wrong token refuses every batch: one line, not one a request)."""
+    def _refuse(self, count: int, status: int, why: str) -> None:
+        """Count ``count`` events lost for good; log why when the status is new since
+        the last part accepted (a wrong token refuses every batch: one line, not one a
+        request; a proxy refusing every event as too large: not one line an event)."""
         self._lost += count
-        if why != self._last_refusal:
-            self._last_refusal = why
+        if status != self._last_refusal:
+            self._last_refusal = status
             _log.warning("otel-events HttpSink: the bridge refused a batch (%s); "
                          "%d events dropped", why, count)
 

@@ -295,3 +295,40 @@ def test_close_during_a_retry_after_still_waits_it_then_delivers() -> None:
 ])
 def test_retry_after_values(value: str | None, seconds: float | None) -> None:
     assert _retry_after(value) == seconds
+
+
+def test_a_redirect_is_not_followed_and_says_where_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Not followed: a POST redirected by 301/302 would come back as a GET of the stream
+    # route, and the token would go wherever the Location says.
+    app = _Scripted([(308, {"location": "https://bridge.example/v1/threads/r/events"})] * 2)
+    with _serving(app) as url:
+        sink = HttpSink(url)
+        log = EventLog()
+        sink.start(log, "r")
+        events = turn_events("t1", 1)
+        with caplog.at_level(logging.WARNING, logger="otel_events"):
+            for count, event in enumerate(events[:2], 1):
+                _publish(log, [event])
+                wait_for(lambda n=count: sink.dropped >= n, what="the refusal")
+            assert sink.close(5.0)
+    assert (sink.sent, sink.dropped) == (0, 2)
+    refusals = [r.getMessage() for r in caplog.records if "HTTP 308" in r.getMessage()]
+    assert len(refusals) == 1, refusals
+    assert "https://bridge.example/v1/threads/r/events" in refusals[0]
+
+
+def test_a_proxy_refusing_every_body_as_too_large_is_logged_once_not_per_event(
+        caplog: pytest.LogCaptureFixture) -> None:
+    app = _Scripted([(413, {})] * 1000)  # says nothing of its limit
+    with _serving(app) as url:
+        sink = HttpSink(url)
+        log = EventLog()
+        sink.start(log, "p")
+        events = turn_events("t1", 3)  # events of several sizes
+        with caplog.at_level(logging.WARNING, logger="otel_events"):
+            _publish(log, events)
+            assert sink.close(5.0)
+    assert (sink.sent, sink.rejected, sink.dropped) == (0, len(events), len(events))
+    drops = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(drops) == 1, drops
