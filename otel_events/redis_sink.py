@@ -162,7 +162,9 @@ def parse_notification(data: bytes) -> tuple[str, int, int, list[tuple[str, byte
 # and trim the stream physically, never past the checkpoint (the fold needs what follows
 # it). Expects locals: stream, dedup, top, lo, ck, now, retention, age, max_bytes,
 # total (bytes of JSON appended in this epoch; each entry's field 'o' is the total
-# before it, so the bytes held from seq s on are total - o(s)).
+# before it, so the bytes held from seq s on are total - o(s)). Its writes (XTRIM,
+# ZREMRANGEBYSCORE) are ones a full Redis (noeviction) does not refuse: the bridge's
+# sweep trims with it first so that a full Redis frees memory.
 TRIM_LUA = """
 local want = top - retention + 1
 if want > lo then lo = want end

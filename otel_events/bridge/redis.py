@@ -176,6 +176,9 @@ def _store_errors() -> Iterator[None]:
 _TRIM_SCRIPT_LUA = """
 -- KEYS: meta, stream, dedup. ARGV: retention count, retention age ms, channel,
 -- retention bytes (0: none).
+-- Its first write must stay TRIM_LUA's XTRIM: Redis full (noeviction) refuses a script
+-- whose first write is one that may grow memory (HSET), and runs one that has written
+-- to its end, so this trim frees memory even then.
 local meta, stream, dedup = KEYS[1], KEYS[2], KEYS[3]
 local retention, age, max_bytes = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
 local state = redis.call('HMGET', meta, 'epoch', 'top', 'lo', 'ck', 'b')
@@ -694,17 +697,19 @@ class RedisBroker:
         try:
             with _store_errors():
                 await self._check_mirrors()
-                forgotten = await self._sweep_redis()
+                forgotten, refused = await self._sweep_redis()
         except RedisRefused as exc:
-            # Redis full, or a replica in a failover: the next sweep does the work. Said
-            # once per refusal, not once per sweep.
-            if self._sweep_refused != str(exc):
-                self._sweep_refused = str(exc)
-                _log.warning("retention sweep on Redis skipped: %s; retrying at each sweep",
-                             exc)
-            return 0
+            # Redis full, or a replica in a failover: the next sweep does the work.
+            forgotten, refused = 0, exc
         except BrokerUnavailable:
             return 0  # unreachable: the next sweep does the work
+        if refused is not None:
+            # Said once per refusal, not once per sweep.
+            if self._sweep_refused != str(refused):
+                self._sweep_refused = str(refused)
+                _log.warning("retention sweep on Redis skipped: %s; retrying at each sweep",
+                             refused)
+            return forgotten
         if self._sweep_refused is not None:
             self._sweep_refused = None
             _log.warning("retention sweep on Redis done again")
@@ -724,7 +729,9 @@ class RedisBroker:
             if watch.known and _text(epoch) != watch.epoch:
                 await self._refresh(watch)
 
-    async def _sweep_redis(self) -> int:
+    async def _sweep_redis(self) -> tuple[int, RedisRefused | None]:
+        """The sweep's work in Redis: how many threads it found gone, and why Redis
+        refused a checkpoint, if it did (the sweep goes on without it)."""
         client = self._client
         await self._store_limits()
         count, age_ms, max_bytes, ttl, _ = self.limits_in_force
@@ -738,7 +745,7 @@ class RedisBroker:
                 await pipe.execute()
         ids = [_text(raw) or "" for raw in await client.zrange(self._registry, 0, -1)]
         if not ids:
-            return 0
+            return 0, None
         # Threads whose keys expired (or were flushed) leave the registry.
         async with client.pipeline(transaction=False) as pipe:
             for thread_id in ids:
@@ -748,32 +755,37 @@ class RedisBroker:
         forgotten = int(await client.zrem(self._registry, *gone)) if gone else 0
         for thread_id in gone:
             self._folds.pop(thread_id, None)
+        live = [thread_id for thread_id, exists in zip(ids, alive, strict=True) if exists]
+        # The trims before the checkpoints: they free memory, which a full Redis
+        # (noeviction) needs before it takes anything again, and Redis runs them even
+        # then (the script's first write is XTRIM, which it does not refuse, and a script
+        # that has written runs to its end). Appends trim a busy thread by count, age and
+        # bytes; a quiet one's events age here, and limits another replica lowered apply.
+        async with client.pipeline(transaction=False) as pipe:
+            for thread_id in live:
+                meta, stream, dedup, _ = self._keys(thread_id)
+                await self._trim_script(keys=[meta, stream, dedup],
+                                        args=[count, age_ms, self._key(thread_id, "n"),
+                                              max_bytes],
+                                        client=pipe)
+            await pipe.execute()
         # Threads appended to by a producer that does not fold (RedisSink), or by a
         # replica that died before its checkpoint: checkpoint them here, so their
-        # streams are trimmed to the retention again.
+        # streams are trimmed to the retention again. A checkpoint Redis refuses (full)
+        # skips that thread only: the others' are still due, and may free what it needs.
         async with client.pipeline(transaction=False) as pipe:
-            for thread_id, exists in zip(ids, alive, strict=True):
-                if exists:
-                    pipe.hmget(self._key(thread_id, "m"), "top", "ck")
-            marks = iter(await pipe.execute())
-        for thread_id, exists in zip(ids, alive, strict=True):
-            if exists:
-                top, checkpoint = next(marks)
-                if _int(top) - _int(checkpoint) >= self.checkpoint_every:
-                    await self._checkpoint(thread_id)
-        if age_ms:
-            # Appends trim a busy thread; a quiet one's events age here.
-            async with client.pipeline(transaction=False) as pipe:
-                for thread_id, exists in zip(ids, alive, strict=True):
-                    if exists:
-                        meta, stream, dedup, _ = self._keys(thread_id)
-                        await self._trim_script(keys=[meta, stream, dedup],
-                                                args=[count, age_ms,
-                                                      self._key(thread_id, "n"),
-                                                      max_bytes],
-                                                client=pipe)
-                await pipe.execute()
-        return forgotten
+            for thread_id in live:
+                pipe.hmget(self._key(thread_id, "m"), "top", "ck")
+            marks = await pipe.execute()
+        refused: RedisRefused | None = None
+        for thread_id, (top, checkpoint) in zip(live, marks, strict=True):
+            if _int(top) - _int(checkpoint) >= self.checkpoint_every:
+                try:
+                    with _store_errors():
+                        await self._checkpoint(thread_id)
+                except RedisRefused as exc:
+                    refused = refused or exc
+        return forgotten, refused
 
     async def ready(self) -> bool:
         if self._closed:
