@@ -216,9 +216,14 @@ redis.call('ZREMRANGEBYSCORE', dedup, '-inf', '(' .. (top - retention + 1))
 # The bridge's limits, stored (KEYS[1]) by a replica as it starts; ARGV: 'replace' (a
 # replica starting: the last started wins) or 'restore' (its sweep: only if none are
 # stored, after a flush), then the values of LIMIT_FIELDS. Returns those stored before.
+# Writes nothing when they are stored already: a full Redis (noeviction) would refuse it.
 LIMITS_LUA = """
 local held = redis.call('HMGET', KEYS[1], 'count', 'age_ms', 'bytes', 'ttl_ms', 'max_threads')
-if ARGV[1] == 'replace' or not held[1] then
+local same = true
+for i = 1, 5 do
+  if held[i] ~= ARGV[i + 1] then same = false end
+end
+if (ARGV[1] == 'replace' and not same) or not held[1] then
   redis.call('HSET', KEYS[1], 'count', ARGV[2], 'age_ms', ARGV[3], 'bytes', ARGV[4],
              'ttl_ms', ARGV[5], 'max_threads', ARGV[6])
 end

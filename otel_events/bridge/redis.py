@@ -200,16 +200,37 @@ _CHECKPOINT_LUA = """
 -- KEYS: meta, stream, checkpoint. ARGV: epoch, seq, state, ttl ms (0: none).
 -- Compare-and-set: only a newer checkpoint of the same epoch replaces the one held.
 local meta, stream, ckpt = KEYS[1], KEYS[2], KEYS[3]
-local state = redis.call('HMGET', meta, 'epoch', 'ck', 'lo')
+local state = redis.call('HMGET', meta, 'epoch', 'ck', 'lo', 'b')
 local seq = tonumber(ARGV[2])
 if state[1] ~= ARGV[1] or tonumber(state[2]) >= seq then return 0 end
+local keep = tonumber(state[3])
+if seq + 1 < keep then keep = seq + 1 end
+-- A full Redis (noeviction) refuses a script whose first write may grow memory (SET)
+-- and runs one that has written to its end. The stream is kept from the checkpoint on
+-- (a reset folds from there), so a thread never checkpointed (appended by a RedisSink)
+-- can be trimmed only once one is written: trim first, so that a full Redis takes it,
+-- when the trim frees more than the checkpoint adds. Freed is counted in bytes of JSON
+-- (each entry's 'o' is the bytes appended before it): entries hold more than their
+-- JSON, but '~' frees whole macro-nodes only, so it may free up to one node less.
+-- Otherwise SET first: a full Redis refuses the checkpoint, as any write that grows.
+local function offset(found)
+  if found[1] == nil then return nil end
+  return tonumber(found[1][2][6])
+end
+local from = offset(redis.call('XRANGE', stream, '-', '+', 'COUNT', 1))
+local upto = offset(redis.call('XRANGE', stream, keep, '+', 'COUNT', 1))
+if upto == nil then upto = tonumber(state[4]) end
+local trimmed = false
+if from ~= nil and upto ~= nil
+    and upto - from > #ARGV[3] - redis.call('STRLEN', ckpt) then
+  redis.call('XTRIM', stream, 'MINID', '~', keep)
+  trimmed = true
+end
 redis.call('SET', ckpt, ARGV[3])
 local ttl = tonumber(ARGV[4])
 if ttl > 0 then redis.call('PEXPIRE', ckpt, ttl) end
 redis.call('HSET', meta, 'ck', seq)
-local keep = tonumber(state[3])
-if seq + 1 < keep then keep = seq + 1 end
-redis.call('XTRIM', stream, 'MINID', '~', keep)
+if not trimmed then redis.call('XTRIM', stream, 'MINID', '~', keep) end
 return 1
 """
 
@@ -733,7 +754,15 @@ class RedisBroker:
         """The sweep's work in Redis: how many threads it found gone, and why Redis
         refused a checkpoint, if it did (the sweep goes on without it)."""
         client = self._client
-        await self._store_limits()
+        refused: RedisRefused | None = None
+        try:
+            with _store_errors():
+                await self._store_limits()
+        except RedisRefused as exc:
+            # Redis full before this replica could store its limits (or store them
+            # again after a flush): it sweeps by those it holds, and stores them when
+            # Redis takes writes again; a sweep that frees nothing keeps Redis full.
+            refused = exc
         count, age_ms, max_bytes, ttl, _ = self.limits_in_force
         if ttl and self._watches:
             # Threads with readers here do not expire (as in memory: no event *and* no
@@ -745,7 +774,7 @@ class RedisBroker:
                 await pipe.execute()
         ids = [_text(raw) or "" for raw in await client.zrange(self._registry, 0, -1)]
         if not ids:
-            return 0, None
+            return 0, refused
         # Threads whose keys expired (or were flushed) leave the registry.
         async with client.pipeline(transaction=False) as pipe:
             for thread_id in ids:
@@ -777,7 +806,6 @@ class RedisBroker:
             for thread_id in live:
                 pipe.hmget(self._key(thread_id, "m"), "top", "ck")
             marks = await pipe.execute()
-        refused: RedisRefused | None = None
         for thread_id, (top, checkpoint) in zip(live, marks, strict=True):
             if _int(top) - _int(checkpoint) >= self.checkpoint_every:
                 try:

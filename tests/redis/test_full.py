@@ -154,9 +154,9 @@ async def test_a_full_redis_frees_memory_by_age_and_takes_appends_again(
         await sweep_until(broker, appends_again, "a POST accepted again")
 
         async def trimmed() -> bool:
-            return all(meta(client, thread)["lo"] > 1
-                       and len(held_seqs(client, thread)) < held[thread]
-                       for thread in before)
+            return used(client) < limit and all(
+                meta(client, thread)["lo"] > 1 and len(held_seqs(client, thread)) < held[thread]
+                for thread in before)
 
         # Every thread's retention applies in the end (the checkpoint a RedisSink's thread
         # needs before its stream is trimmed may have waited for room in Redis).
@@ -173,6 +173,43 @@ async def test_a_full_redis_frees_memory_by_age_and_takes_appends_again(
         after = await state_as_a_client_gets_it(store.url, "bridged")
         assert after.seq == before["bridged"].seq + 8
         assert after.snapshot != before["bridged"].snapshot  # the turn taken again
+    finally:
+        client.config_set("maxmemory", "0")
+        await broker.aclose()
+
+
+async def test_a_full_redis_takes_the_checkpoint_that_lets_it_trim_a_sinks_thread(
+        store: RedisServer) -> None:
+    """Redis full of a thread only a ``RedisSink`` appends: its stream is kept from its
+    checkpoint on (a reset folds from there), and it has none. The sweep's checkpoint
+    frees far more than it costs, so Redis takes it even full, and the trim follows."""
+    client = admin(store)
+    empty = used(client)
+    seq = 1
+    for n in range(300):
+        sink_append(client, "sunk", turn(f"s{n}", seq))
+        seq += 8
+    broker = RedisBroker(store.url, retention_age=AGE, checkpoint_every=256)
+    try:
+        before = await state_as_a_client_gets_it(store.url, "sunk")
+        held = len(held_seqs(client, "sunk"))
+        assert meta(client, "sunk")["ck"] == 0
+        limit = make_full(client, empty)
+        again = lines(turn("again", seq), "sunk")
+        with pytest.raises(RedisRefused, match="out of memory"):
+            await broker.append("sunk", again)
+
+        async def freed() -> bool:
+            return (meta(client, "sunk")["lo"] > 1
+                    and len(held_seqs(client, "sunk")) < held and used(client) < limit)
+
+        await sweep_until(broker, freed, "the thread trimmed by age, and room again")
+        assert meta(client, "sunk")["ck"] == before.seq
+        check_held(client, "sunk")
+        after = await state_as_a_client_gets_it(store.url, "sunk")
+        assert (after.seq, after.snapshot) == (before.seq, before.snapshot)
+        appended = await broker.append("sunk", again)
+        assert (appended.accepted, appended.duplicates) == (8, 0)
     finally:
         client.config_set("maxmemory", "0")
         await broker.aclose()
