@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import random
 import sys
@@ -32,7 +34,10 @@ class JsonlSink:
 
     A background thread does the writing. If it falls a whole buffer behind (a stalled
     pipe), the log's overflow policy applies: a ``stream.overflow`` line records the loss and
-    writing resumes at the oldest event still held.
+    writing resumes at the oldest event still held. If a write fails (a full disk), its
+    events are counted in ``dropped``, the failure is logged once, and writing goes on
+    with the next events (a line the failure cut short is ended first, so every line
+    after it is whole); a pipe whose reader left (``| head``) ends the sink quietly.
     """
 
     def __init__(self, path: str | Path | None = None, stream: IO[bytes] | None = None) -> None:
@@ -41,12 +46,18 @@ class JsonlSink:
         self._cursor: Cursor | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._lost = 0
+        # The failure logged, until a write succeeds again.
+        self._failing: str | None = None
 
     def start(self, log: EventLog, thread_id: str) -> None:
         cursor = self._cursor = log.cursor()
         out = self._stream
         if out is None:
-            out = self._path.open("ab") if self._path is not None else sys.stdout.buffer
+            # Unbuffered: each batch is one write that succeeds or fails here, so a loss
+            # is counted for the events it hit (a buffer would fail later, for others).
+            out = (self._path.open("ab", buffering=0) if self._path is not None
+                   else sys.stdout.buffer)
         self._thread = threading.Thread(
             target=self._run, args=(cursor, out), name="otel-events-jsonl", daemon=True
         )
@@ -54,28 +65,56 @@ class JsonlSink:
 
     @property
     def dropped(self) -> int:
-        """Events this sink lost because it fell behind."""
-        return 0 if self._cursor is None else self._cursor.dropped
+        """Events this sink lost: it fell a whole buffer behind, or could not write them."""
+        return self._lost + (0 if self._cursor is None else self._cursor.dropped)
 
     def _run(self, cursor: Cursor, out: IO[bytes]) -> None:
+        torn = False  # a failed write may have left half a line
         try:
             while True:
                 entries, gap = cursor.read(limit=1024)
                 if gap is not None:
-                    out.write(overflow_json(cursor.position - 1, gap.missed) + b"\n")
+                    data, count = overflow_json(cursor.position - 1, gap.missed) + b"\n", 0
                     cursor.skip(gap)
-                    continue
-                if entries:
-                    out.write(b"".join(entry.json + b"\n" for entry in entries))
-                    continue
-                out.flush()
-                if cursor.at_end(stopping=self._stop.is_set()):
+                elif entries:
+                    data = b"".join(entry.json + b"\n" for entry in entries)
+                    count = len(entries)
+                elif cursor.at_end(stopping=self._stop.is_set()):
                     return
-                cursor.wait_blocking(timeout=0.5)
+                else:
+                    cursor.wait_blocking(timeout=0.5)
+                    continue
+                try:
+                    _write_all(out, b"\n" + data if torn else data)
+                except BrokenPipeError:
+                    # Its reader left (``agent | head``): nothing will be read again.
+                    self._lost += count + max(0, cursor.log.next_seq - cursor.position)
+                    cursor.close()
+                    return
+                except OSError as exc:
+                    torn = True
+                    self._lost += count
+                    self._failed(exc)
+                    continue
+                torn = False
+                if self._failing is not None:
+                    self._failing = None
+                    _log.warning("otel-events JsonlSink: writing to %s again (%d events "
+                                 "dropped so far)", self._where(), self.dropped)
         finally:
-            out.flush()
             if self._stream is None and self._path is not None:
-                out.close()
+                with contextlib.suppress(OSError):
+                    out.close()
+
+    def _failed(self, error: OSError) -> None:
+        why = error.strerror or type(error).__name__
+        if why != self._failing:
+            self._failing = why
+            _log.warning("otel-events JsonlSink: cannot write to %s (%s); its events are "
+                         "dropped until it can", self._where(), why)
+
+    def _where(self) -> str:
+        return str(self._path) if self._path is not None else "its stream"
 
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -83,6 +122,17 @@ class JsonlSink:
             self._cursor.log.notify()
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+def _write_all(out: IO[bytes], data: bytes) -> None:
+    """Write ``data`` whole and flush it: a raw file may take part of it at a time."""
+    view = memoryview(data)
+    while view:
+        written = out.write(view)
+        if written is None:  # a non-blocking stream with no room: a failed write
+            raise BlockingIOError(errno.EAGAIN, "the stream would block")
+        view = view[written:]
+    out.flush()
 
 
 class BatchingSink:
