@@ -14,6 +14,7 @@ httpx load when a run starts, httpx only with ``--bridge``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -175,8 +176,17 @@ def watch(command: Sequence[str], ingester: Ingester, out: BinaryIO, *,
                     teeing = False  # the reader left (`| head`): keep watching
             when = timestamp(now)
             if events is not None:
-                events.write(stamped(line, when))
-                events.flush()
+                try:
+                    events.write(stamped(line, when))
+                    events.flush()
+                except OSError as exc:
+                    # A record beside the run (a full disk, say): losing it must not
+                    # end the run, nor COMMAND with it. Said once; the rest goes unsaved.
+                    name = getattr(events, "name", "the events file")
+                    print(f"otel-events run: cannot write {name} "
+                          f"({exc.strerror or type(exc).__name__}); the run goes on "
+                          f"without it", file=sys.stderr)
+                    events = None
             before = ingester.open_turn_id
             try:
                 data = decode_line(line)
@@ -227,7 +237,8 @@ def main(command: Sequence[str], *, service_name: str | None = None,
         status = 127
     finally:
         if events_file is not None:
-            events_file.close()
+            with contextlib.suppress(OSError):  # a failed write is said already
+                events_file.close()
         lost = poster.close() if poster is not None else 0
         telemetry.shutdown(timeout=10.0)
         try:

@@ -157,6 +157,26 @@ def test_run_tees_stamps_exports_and_exits_with_the_commands_status(
     assert proto_attrs(turn)["gen_ai.usage.input_tokens"] == 7
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_for_the_events_file_does_not_stop_the_run(
+        otlp: tuple[str, Received], tmp_path: Path) -> None:
+    # The events file is a record beside the run: a full disk must cost that record,
+    # not the agent's run (it ended run with a traceback, and COMMAND with it).
+    url, received = otlp
+    run = subprocess.run(
+        run_command(url, tmp_path, "--events", "/dev/full", "--",
+                    *producer(tmp_path, "sleep 0.1", status=3)),
+        capture_output=True, env=run_env(), timeout=60)
+    assert run.returncode == 3, run.stderr
+    assert run.stdout.decode() == lines(STARTED) + lines(FINISHED)
+    errors = run.stderr.decode()
+    assert "Traceback" not in errors
+    assert errors.count("/dev/full") == 1, errors  # said once, not once a line
+    assert "No space left on device" in errors
+    spans = by_name(received, 2)  # the traces are whole
+    assert proto_attrs(spans[f"invoke_agent {AGENT}"])["gen_ai.usage.input_tokens"] == 7
+
+
 def test_sigint_reaches_the_command_and_abandons_the_turn(
         otlp: tuple[str, Received], tmp_path: Path) -> None:
     url, received = otlp
