@@ -80,12 +80,17 @@ class Content:
     ``redact``: a hook run on each value before it is encoded.
     ``scrub``: mask obvious secrets in the encoded text.
     ``max_attribute_chars``: longest output put on a span attribute.
+    ``max_value_chars``: longest value (an output, a field, a message) an event carries;
+    a longer one is recorded as its start and how much was cut. One event must fit what
+    a bridge takes in one request (4 MiB by default), or the whole event is refused
+    there, and with it the step's completion.
     """
 
     capture: bool = True
     redact: Redactor | None = None
     scrub: bool = True
     max_attribute_chars: int = 4096
+    max_value_chars: int = 2**20
 
     def encode(self, value: Any) -> str:
         """The value as JSON text, redacted and scrubbed: the one form every reader gets.
@@ -100,7 +105,12 @@ class Content:
             text = orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
         except Exception as exc:
             text = orjson.dumps(f"[not recorded: {type(exc).__name__}]").decode()
-        return scrub_secrets(text) if self.scrub else text
+        if self.scrub:  # the whole text, then the cut: a secret cut in two is still masked
+            text = scrub_secrets(text)
+        if len(text) > self.max_value_chars:
+            # A cut JSON text is no JSON: the start goes as a string, saying so.
+            text = orjson.dumps(_cut(text, self.max_value_chars)).decode()
+        return text
 
     def text(self, value: str) -> str:
         """A plain string (an error message, a description): the hook, then scrubbing."""
@@ -109,9 +119,10 @@ class Content:
                 value = str(self.redact(value))
             except Exception as exc:
                 value = f"[not recorded: {type(exc).__name__}]"
-        if not self.scrub:
-            return value
-        return _scrub_short_text(value) if len(value) <= _SHORT_TEXT else scrub_secrets(value)
+        if self.scrub:  # the whole text, then the cut (as in ``encode``)
+            value = _scrub_short_text(value) if len(value) <= _SHORT_TEXT else scrub_secrets(value)
+        # (The test before the call: every step's description passes here.)
+        return value if len(value) <= self.max_value_chars else _cut(value, self.max_value_chars)
 
     def output_attributes(self, encoded: str) -> dict[str, Any]:
         """The span attributes of an encoded output: the output (cut to
@@ -126,7 +137,11 @@ class Content:
 
     def attribute(self, encoded: str) -> str:
         """An encoded value cut to ``max_attribute_chars`` for a span attribute."""
-        limit = self.max_attribute_chars
-        if len(encoded) <= limit:
-            return encoded
-        return f"{encoded[:limit]}...[truncated {len(encoded) - limit} chars]"
+        return _cut(encoded, self.max_attribute_chars)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` whole up to ``limit`` characters, else its start and how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[truncated {len(text) - limit} chars]"
