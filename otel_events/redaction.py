@@ -107,10 +107,14 @@ class Content:
             text = orjson.dumps(f"[not recorded: {type(exc).__name__}]").decode()
         if self.scrub:  # the whole text, then the cut: a secret cut in two is still masked
             text = scrub_secrets(text)
-        if len(text) > self.max_value_chars:
-            # A cut JSON text is no JSON: the start goes as a string, saying so.
-            text = orjson.dumps(_cut(text, self.max_value_chars)).decode()
-        return text
+        return text if len(text) <= self.max_value_chars else self.cut(text)
+
+    def cut(self, encoded: str) -> str:
+        """JSON text as an event carries it: whole up to ``max_value_chars``, else a JSON
+        string of its start saying how much was cut (a cut JSON text is no JSON)."""
+        if len(encoded) <= self.max_value_chars:
+            return encoded
+        return orjson.dumps(_cut(encoded, self.max_value_chars)).decode()
 
     def text(self, value: str) -> str:
         """A plain string (an error message, a description): the hook, then scrubbing."""

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from otel_events.http_sink import HttpSink
     from otel_events.ingest import Ingester
     from otel_events.log import EventLog
+    from otel_events.redaction import Content
 
 __all__ = ["default_usage_state", "main", "watch"]
 
@@ -117,7 +118,12 @@ class _Bridge:
             context = span.get_span_context()
             body.setdefault("trace_id", format(context.trace_id, "032x"))
             body.setdefault("span_id", format(context.span_id, "016x"))
-        log.append(str(event.get("type")), orjson.dumps(body))
+        data = orjson.dumps(body)
+        if len(data) > ingester.content.max_value_chars:
+            # A command's whole output, say: past what a bridge takes in one request the
+            # event would be refused, and the step never complete there.
+            data = orjson.dumps(_bounded(body, ingester.content))
+        log.append(str(event.get("type")), data)
 
     def close(self, timeout: float = 5.0) -> int:
         """Send what is left (up to ``timeout``); returns how many events were lost."""
@@ -127,6 +133,22 @@ class _Bridge:
             sink.close(timeout)
             lost += sink.dropped
         return lost
+
+
+def _bounded(event: dict[str, Any], content: Content) -> dict[str, Any]:
+    """``event`` with each of its (and its item's) values longer than the content's bound
+    cut as ``Content.cut`` does: the event then fits a bridge's request."""
+    import orjson
+
+    out: dict[str, Any] = {}
+    for key, value in event.items():
+        if key == "item" and isinstance(value, dict):
+            out[key] = _bounded(value, content)
+            continue
+        text = orjson.dumps(value).decode()
+        out[key] = value if len(text) <= content.max_value_chars else orjson.loads(
+            content.cut(text))
+    return out
 
 
 def _terminal_delivered() -> bool:

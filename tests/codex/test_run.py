@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
@@ -240,6 +241,30 @@ def test_the_bridge_shows_the_run_while_it_runs(tmp_path: Path) -> None:
         assert [[i["id"] for i in t["items"]] for t in state["turns"]] == [["item_0"]] * 2
         assert [i["id"] for i in state["items"]] == ["item_9"]
         assert [t["usage"]["input_tokens"] for t in state["turns"]] == [7, 7]
+
+
+def test_a_huge_command_output_still_completes_its_step_on_the_bridge(tmp_path: Path) -> None:
+    # A command that printed 5 MB: Codex's item.completed carries all of it, past the
+    # bridge's 4 MiB body limit; the step must still complete there (cut, and saying so).
+    big = {"type": "item.completed", "item": {**FINISHED[0]["item"],
+                                              "aggregated_output": "y" * (5 * 2**20)}}
+    stream = tmp_path / "big.jsonl"
+    stream.write_text(lines([*STARTED, big, FINISHED[1]]))
+    with running_bridge() as bridge, http_receiver() as (url, _):
+        run = subprocess.run(run_command(url, tmp_path, "--bridge", bridge.url, "--",
+                                         "cat", str(stream)),
+                             env=run_env(), capture_output=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert b"did not reach the bridge" not in run.stderr
+        state = bridge.client.get(f"/v1/threads/{THREAD}").json()
+        (turn,) = state["turns"]
+        assert [item["status"] for item in turn["items"]] == ["completed"]
+        completed = [orjson.loads(entry.json) for entry in
+                     bridge.thread_state(THREAD).log.read(1, limit=100)[0]
+                     if entry.type == "item.completed"]
+    output = completed[0]["item"]["aggregated_output"]
+    assert len(output) < 2**20 + 100 and output.endswith("chars]")
+    assert run.stdout == stream.read_bytes()  # the tee is Codex's stream, whole
 
 
 # --- the real CLI ------------------------------------------------------------------------
