@@ -661,6 +661,17 @@ class EventEmitter:
 _live: weakref.WeakSet[EventEmitter] = weakref.WeakSet()
 
 
+def _reset_locks_in_child() -> None:
+    # A lock another thread held at the fork stays held in the child, where that thread
+    # does not exist: the child's first event would wait forever.
+    for emitter in list(_live):
+        emitter._recorder.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_locks_in_child)
+
+
 def _release(log: EventLog, sinks: list[Sink]) -> None:
     log.close()
     for sink in sinks:

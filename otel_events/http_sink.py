@@ -82,6 +82,9 @@ class HttpSink(BatchingSink):
         if self._client is not None:
             self._client.close()
 
+    def _forget_connection(self) -> None:
+        self._client = None  # the parent's pool: a TLS close here would reach its peer
+
     def _deliver(self, batch: list[Entry]) -> bool:
         """Post ``batch`` in parts that fit the bridge's body limit (as far as it is
         known); each part done leaves ``batch``, so a retry resumes after it."""

@@ -409,10 +409,6 @@ class RedisSink(BatchingSink):
         self._script = self._client.register_script(APPEND_LUA)
         self._unreachable_errors: tuple[type[BaseException], ...] = (
             redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-        self._thread_id = ""
-
-    def _connect(self, thread_id: str) -> None:
-        self._thread_id = thread_id
 
     def _disconnect(self) -> None:
         self._client.close()

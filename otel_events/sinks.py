@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import random
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -17,6 +19,19 @@ from otel_events.log import Cursor, Entry, EventLog, overflow_json
 __all__ = ["BatchingSink", "JsonlSink", "Sink"]
 
 _log = logging.getLogger(__name__)
+
+# Sinks started in this process. fork copies no thread: a child restarts its sinks, as
+# the SDK's span processors restart theirs, or its events would go nowhere, unsaid.
+_started: weakref.WeakSet[JsonlSink | BatchingSink] = weakref.WeakSet()
+
+
+def _restart_in_child() -> None:
+    for sink in list(_started):
+        sink._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_in_child)
 
 
 class Sink(Protocol):
@@ -51,17 +66,28 @@ class JsonlSink:
         self._failing: str | None = None
 
     def start(self, log: EventLog, thread_id: str) -> None:
-        cursor = self._cursor = log.cursor()
         out = self._stream
         if out is None:
             # Unbuffered: each batch is one write that succeeds or fails here, so a loss
             # is counted for the events it hit (a buffer would fail later, for others).
             out = (self._path.open("ab", buffering=0) if self._path is not None
                    else sys.stdout.buffer)
+        self._log, self._out = log, out
+        self._spawn()
+        _started.add(self)
+
+    def _spawn(self) -> None:
+        cursor = self._cursor = self._log.cursor()
         self._thread = threading.Thread(
-            target=self._run, args=(cursor, out), name="otel-events-jsonl", daemon=True
-        )
+            target=self._run, args=(cursor, self._out), name="otel-events-jsonl",
+            daemon=True)
         self._thread.start()
+
+    def _after_fork(self) -> None:
+        """In a forked child: a thread of its own, from the child's first event (the
+        parent writes what came before; the file is shared, opened for appending)."""
+        if not self._stop.is_set():
+            self._spawn()
 
     @property
     def dropped(self) -> int:
@@ -161,6 +187,8 @@ class BatchingSink:
         self._lost = 0
         self._cursor: Cursor | None = None
         self._thread: threading.Thread | None = None
+        #: The thread (conversation) whose events this sink delivers, once started.
+        self._thread_id = ""
         self._stop = threading.Event()
         self._deadline: float | None = None
         self._down = False
@@ -174,11 +202,23 @@ class BatchingSink:
         if self._thread is not None:
             # Its counters and thread id belong to one emitter: give each its own sink.
             raise RuntimeError(f"a {self.kind} serves one emitter; it is started already")
-        self._cursor = cursor = log.cursor()
+        self._log, self._thread_id = log, thread_id
+        self._spawn()
+        _started.add(self)
+
+    def _spawn(self) -> None:
+        self._cursor = cursor = self._log.cursor()
         self._thread = threading.Thread(
-            target=self._run, args=(cursor, thread_id),
+            target=self._run, args=(cursor, self._thread_id),
             name=f"otel-events-{self.kind.removesuffix('Sink').lower()}", daemon=True)
         self._thread.start()
+
+    def _after_fork(self) -> None:
+        """In a forked child: new connections and a thread of its own, from the child's
+        first event (the parent delivers what came before)."""
+        if not self._stop.is_set():
+            self._forget_connection()
+            self._spawn()
 
     @property
     def dropped(self) -> int:
@@ -211,6 +251,10 @@ class BatchingSink:
 
     def _disconnect(self) -> None:
         """Release what ``_connect`` took (on the sink's thread)."""
+
+    def _forget_connection(self) -> None:
+        """In a forked child: drop what ``_connect`` took without closing it (the
+        parent's connections: closing them here could disturb the parent's)."""
 
     # -- shared by subclasses ----------------------------------------------------------------
 
