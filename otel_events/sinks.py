@@ -96,6 +96,7 @@ class JsonlSink:
 
     def _run(self, cursor: Cursor, out: IO[bytes]) -> None:
         torn = False  # a failed write may have left half a line
+        broken = False  # the pipe's reader left: events are counted, not written
         try:
             while True:
                 entries, gap = cursor.read(limit=1024)
@@ -110,13 +111,17 @@ class JsonlSink:
                 else:
                     cursor.wait_blocking(timeout=0.5)
                     continue
+                if broken:
+                    self._lost += count
+                    continue
                 try:
                     _write_all(out, b"\n" + data if torn else data)
                 except BrokenPipeError:
-                    # Its reader left (``agent | head``): nothing will be read again.
-                    self._lost += count + max(0, cursor.log.next_seq - cursor.position)
-                    cursor.close()
-                    return
+                    # Its reader left (``agent | head``): nothing will be read again, and
+                    # that is no failure to report; what follows is only counted.
+                    broken = True
+                    self._lost += count
+                    continue
                 except OSError as exc:
                     torn = True
                     self._lost += count

@@ -125,6 +125,9 @@ def test_a_pipe_whose_reader_left_stops_the_sink_quietly(
         emitter = EventEmitter("piped", sinks=[sink])
         with emitter.turn() as turn:
             turn.item("reasoning", "thinking").complete()
+        wait_for(lambda: sink.dropped > 0, what="the sink to find the pipe broken")
+        with emitter.turn() as turn:  # events after that are counted too
+            turn.item("reasoning", "more").complete()
         emitter.close(timeout=5)
         assert thread_errors == []
         assert sink.dropped == emitter.log.next_seq - 1
