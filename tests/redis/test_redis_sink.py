@@ -108,3 +108,25 @@ async def test_a_line_the_sink_wrote_is_recognised_when_posted_again(
         assert (appended.accepted, appended.duplicates) == (0, len(entries))
     finally:
         await broker.aclose()
+
+
+async def test_a_forked_child_appends_its_events_to_redis(
+        redis_server: RedisServer, telemetry: Telemetry) -> None:
+    # A RedisSink started before a fork restarts in the child (fork copies no thread);
+    # redis-py gives the child connections of its own.
+    from tests.test_fork import fork_and_run
+
+    prefix = f"fork-{secrets.token_hex(4)}"
+    sink = RedisSink(redis_server.url, prefix=prefix)
+    emitter = make_emitter(telemetry, "forked", sink)
+    with emitter.turn() as turn:
+        turn.item("reasoning", "parent step").complete()
+    assert fork_and_run(emitter, "child step") == 0
+    emitter.close(timeout=5.0)
+    broker = RedisBroker(redis_server.url, prefix=prefix)
+    try:
+        state = orjson.loads(await broker.snapshot("forked") or b"null")
+        steps = [item["description"] for t in state["turns"] for item in t["items"]]
+        assert sorted(steps) == ["child step", "parent step"]
+    finally:
+        await broker.aclose()
