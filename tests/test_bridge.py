@@ -209,6 +209,11 @@ def test_thread_list_and_state(bridge: Bridge) -> None:
     assert listing["b"]["status"] == "running"
     assert listing["b"]["running_turn"] == "t1"
     assert listing["b"]["current_item"]["description"] == "step 1 of t1"
+    # Each line is made once per state (pages poll the list): never a stale one.
+    bridge.post("b", turn_events("t1", 1)[2:])
+    again = {t["thread_id"]: t for t in bridge.client.get("/v1/threads").json()["threads"]}
+    assert (again["b"]["status"], again["b"]["current_item"]) == ("completed", None)
+    assert again["a"] == listing["a"]
     state = bridge.client.get("/v1/threads/a").json()
     turn = state["turns"][0]
     assert turn["failed_items"] == 1

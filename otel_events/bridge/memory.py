@@ -119,6 +119,7 @@ class MemoryThread:
         self._seen_order: deque[int] = deque()
         self._dedup_window = dedup_window
         self._snapshot_json: tuple[int, bytes] | None = None
+        self._summary: tuple[int, dict[str, Any]] | None = None
         #: Scratch space of the SSE layer (see ``Batch.shared``).
         self.shared: dict[Any, Any] = {}
 
@@ -244,6 +245,16 @@ class MemoryThread:
         if cached is None or cached[0] != seq:
             cached = (seq, self.snapshot.to_json())
             self._snapshot_json = cached
+        return cached[1]
+
+    def summary(self) -> dict[str, Any]:
+        """The thread's line of ``GET /v1/threads``, made once per seq: every open page
+        polls the list, and a bridge may hold thousands of threads."""
+        seq = self.snapshot.seq
+        cached = self._summary
+        if cached is None or cached[0] != seq:
+            cached = (seq, self.snapshot.summary())
+            self._summary = cached
         return cached[1]
 
     def drop(self) -> None:
@@ -479,7 +490,7 @@ class MemoryBroker:
         return None if thread is None else thread.snapshot_json()
 
     async def summaries(self) -> list[dict[str, Any]]:
-        return [thread.snapshot.summary() for thread in list(self._threads.values())]
+        return [thread.summary() for thread in list(self._threads.values())]
 
     async def expire(self) -> int:
         return self.sweep()
