@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import anyio
-import orjson
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
@@ -18,6 +17,7 @@ from otel_events.bridge.batch import NDJSON_TYPES, UnsupportedMediaType, parse_b
 from otel_events.bridge.broker import Broker, BrokerUnavailable, TooManyThreads
 from otel_events.bridge.memory import THREAD_ID_PATTERN
 from otel_events.bridge.settings import BridgeSettings
+from otel_events.bridge.snapshot import state_json
 from otel_events.bridge.sse import (
     SEND_DEADLINE_EXTENSION,
     SlowClientResponse,
@@ -234,7 +234,7 @@ async def threads(request: Request) -> Response:
     # meanwhile: encoded here at once, without FastAPI's pass over every value against
     # the return type (17 -> 12 ms for 10,000 threads; their lines are cached too).
     summaries = await _broker(request).summaries()
-    return Response(orjson.dumps({"threads": summaries}), media_type="application/json")
+    return Response(state_json({"threads": summaries}), media_type="application/json")
 
 
 @router.get("/v1/threads/{thread_id}", tags=["v1"],

@@ -23,7 +23,7 @@ import orjson
 
 from otel_events.protocol import Event, ThreadItem, Usage
 
-__all__ = ["CONTENT_FIELDS", "ItemState", "ThreadSnapshot", "TurnState", "outcome"]
+__all__ = ["CONTENT_FIELDS", "ItemState", "ThreadSnapshot", "TurnState", "outcome", "state_json"]
 
 _USAGE_FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens")
 # Codex's detailed counts, kept on a turn when the producer sends them (not summed).
@@ -491,10 +491,15 @@ class ThreadSnapshot:
 
     def to_json(self) -> bytes:
         """``to_dict`` as compact JSON, whatever the numbers in it."""
-        state = self.to_dict()
-        try:
-            return orjson.dumps(state)
-        except orjson.JSONEncodeError:
-            # Sums of producers' counts (token usage) can pass 64 bits, which orjson
-            # refuses; the standard encoder writes any integer.
-            return json.dumps(state, separators=(",", ":"), default=str).encode()
+        return state_json(self.to_dict())
+
+
+def state_json(state: Any) -> bytes:
+    """Thread state (a snapshot, a list of summaries) as compact JSON, whatever the
+    numbers in it."""
+    try:
+        return orjson.dumps(state)
+    except orjson.JSONEncodeError:
+        # Sums of producers' counts (token usage) can pass 64 bits, which orjson
+        # refuses; the standard encoder writes any integer.
+        return json.dumps(state, separators=(",", ":"), default=str).encode()
