@@ -16,8 +16,8 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 import orjson
 
@@ -118,8 +118,8 @@ class MemoryThread:
         self._seen: set[int] = set()
         self._seen_order: deque[int] = deque()
         self._dedup_window = dedup_window
-        self._snapshot_json: tuple[int, bytes] | None = None
-        self._summary: tuple[int, dict[str, Any]] | None = None
+        # What is derived from the folded state (its JSON, its summary), by seq.
+        self._per_seq: dict[str, tuple[int, object]] = {}
         #: Scratch space of the SSE layer (see ``Batch.shared``).
         self.shared: dict[Any, Any] = {}
 
@@ -240,21 +240,19 @@ class MemoryThread:
 
     def snapshot_json(self) -> builtins.bytes:  # ``bytes`` is the property above, here
         """The folded state as JSON, encoded once per seq."""
-        seq = self.snapshot.seq
-        cached = self._snapshot_json
-        if cached is None or cached[0] != seq:
-            cached = (seq, self.snapshot.to_json())
-            self._snapshot_json = cached
-        return cached[1]
+        return cast(builtins.bytes, self._once_per_seq("json", self._snapshot.to_json))
 
     def summary(self) -> dict[str, Any]:
         """The thread's line of ``GET /v1/threads``, made once per seq: every open page
         polls the list, and a bridge may hold thousands of threads."""
-        seq = self.snapshot.seq
-        cached = self._summary
+        return cast(dict[str, Any], self._once_per_seq("summary", self._snapshot.summary))
+
+    def _once_per_seq(self, key: str, make: Callable[[], object]) -> object:
+        """``make()`` of the folded state, made again only once the state has moved on."""
+        seq = self.snapshot.seq  # folds what is pending first
+        cached = self._per_seq.get(key)
         if cached is None or cached[0] != seq:
-            cached = (seq, self.snapshot.summary())
-            self._summary = cached
+            cached = self._per_seq[key] = (seq, make())
         return cached[1]
 
     def drop(self) -> None:
