@@ -36,14 +36,12 @@ from typing import Any
 import orjson
 
 from otel_events.log import Entry
-from otel_events.retention import Retention
+from otel_events.retention import DEFAULTS, Retention
 from otel_events.sinks import BatchingSink
 
 __all__ = ["APPEND_LUA", "LIMITS_LUA", "LIMIT_FIELDS", "TRIM_LUA", "RedisSink",
            "assigned_seqs", "dedup_member", "event_rest", "limit_values", "limits_key",
            "new_epoch", "parse_notification", "refusal", "stream_keys"]
-
-_RETENTION = Retention()
 
 # -- a reachable Redis that refuses ---------------------------------------------------------
 
@@ -383,11 +381,11 @@ class RedisSink(BatchingSink):
         url: str,
         *,
         prefix: str = "otel-events",
-        retention_count: int = _RETENTION.count,
-        retention_age: float | None = _RETENTION.age,
-        retention_bytes: int | None = _RETENTION.bytes,
-        idle_expiry: float | None = _RETENTION.idle_expiry,
-        max_threads: int = _RETENTION.max_threads,
+        retention_count: int = DEFAULTS.count,
+        retention_age: float | None = DEFAULTS.age,
+        retention_bytes: int | None = DEFAULTS.bytes,
+        idle_expiry: float | None = DEFAULTS.idle_expiry,
+        max_threads: int = DEFAULTS.max_threads,
         max_batch: int = 1000,
         timeout: float = 5.0,
         backoff: float = 0.1,

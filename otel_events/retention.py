@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Retention"]
+__all__ = ["DEFAULTS", "Retention"]
 
 
 @dataclass(frozen=True)
@@ -32,3 +32,7 @@ class Retention:
     idle_expiry: float | None = 3600.0
     #: Most threads held at once; a new thread beyond it is refused.
     max_threads: int = 10_000
+
+
+#: The defaults, for the keyword defaults of the places that apply them.
+DEFAULTS = Retention()

@@ -37,7 +37,7 @@ from otel_events.bridge.sse import (
     SEND_DEADLINE_EXTENSION,
     send_timeout_incident,
 )
-from otel_events.retention import Retention
+from otel_events.retention import DEFAULTS
 
 __all__ = ["GuardedH11Protocol", "bridge_command", "create_server"]
 
@@ -293,10 +293,6 @@ def _bytes_or_none(value: int) -> int | None:
     return value or None
 
 
-# The options' defaults; a flag says "no bound" with 0, as the help says.
-_RETENTION = Retention()
-
-
 def bridge_command(
     host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")]
     = "127.0.0.1",
@@ -318,19 +314,19 @@ def bridge_command(
     max_body: Annotated[int, typer.Option(help="Largest ingest body, in bytes.")]
     = 4 * 1024 * 1024,
     retention: Annotated[int, typer.Option(help="Events kept per thread for replay.")]
-    = _RETENTION.count,
+    = DEFAULTS.count,
     retention_age: Annotated[float, typer.Option(
         help="Seconds an event is kept for replay (0: no age limit).")]
-    = _RETENTION.age or 0.0,
+    = DEFAULTS.age or 0.0,
     retention_bytes: Annotated[int, typer.Option(
         help="Bytes of events kept per thread for replay (0: no byte limit).")]
-    = _RETENTION.bytes or 0,
+    = DEFAULTS.bytes or 0,
     retention_total_bytes: Annotated[int, typer.Option(
         help="Bytes of events kept for replay over all threads (0: no limit).")]
-    = _RETENTION.total_bytes or 0,
+    = DEFAULTS.total_bytes or 0,
     idle_expiry: Annotated[float, typer.Option(
         help="Seconds before an idle thread with no reader is forgotten (0: never).")]
-    = _RETENTION.idle_expiry or 0.0,
+    = DEFAULTS.idle_expiry or 0.0,
     max_write_bytes: Annotated[int, typer.Option(
         help="Most bytes of events in one write to one client (what a stalled client "
              "can pin).")] = 256 * 1024,

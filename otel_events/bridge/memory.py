@@ -35,7 +35,7 @@ from otel_events.bridge.broker import (
 from otel_events.bridge.snapshot import ThreadSnapshot
 from otel_events.log import Cursor, Entry, EventLog
 from otel_events.protocol import Event, encode_event
-from otel_events.retention import Retention
+from otel_events.retention import DEFAULTS
 
 __all__ = ["THREAD_ID_PATTERN", "MemoryBroker", "MemoryThread", "valid_thread_id"]
 
@@ -385,9 +385,6 @@ class _Awaited:
             self.created.set_result(None)
 
 
-_RETENTION = Retention()
-
-
 class MemoryBroker:
     """Every thread the bridge knows, in memory, bounded in number; idle ones expire.
 
@@ -397,15 +394,15 @@ class MemoryBroker:
 
     def __init__(
         self,
-        retention_count: int = _RETENTION.count,
-        retention_age: float | None = _RETENTION.age,
-        idle_expiry: float | None = _RETENTION.idle_expiry,
-        max_threads: int = _RETENTION.max_threads,
+        retention_count: int = DEFAULTS.count,
+        retention_age: float | None = DEFAULTS.age,
+        idle_expiry: float | None = DEFAULTS.idle_expiry,
+        max_threads: int = DEFAULTS.max_threads,
         max_turns: int = 20,
         batch: int = 512,
         batch_bytes: int | None = 256 * 1024,
-        retention_bytes: int | None = _RETENTION.bytes,
-        retention_total_bytes: int | None = _RETENTION.total_bytes,
+        retention_bytes: int | None = DEFAULTS.bytes,
+        retention_total_bytes: int | None = DEFAULTS.total_bytes,
     ) -> None:
         self.retention_count = retention_count
         self.retention_age = retention_age

@@ -126,7 +126,7 @@ from otel_events.redis_sink import (
     registry_key,
     stream_keys,
 )
-from otel_events.retention import Retention
+from otel_events.retention import DEFAULTS, Retention
 
 if TYPE_CHECKING:
     from otel_events.bridge.settings import BridgeSettings
@@ -135,8 +135,6 @@ __all__ = ["RedisBroker", "RedisReader", "RedisRefused", "decode_state", "encode
            "line_digest"]
 
 _log = logging.getLogger(__name__)
-
-_RETENTION = Retention()
 
 # Errors that mean "Redis cannot be reached now" (as opposed to a bug in a script).
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -537,11 +535,11 @@ class RedisBroker:
         url: str = "redis://127.0.0.1:6379/0",
         *,
         prefix: str = "otel-events",
-        retention_count: int = _RETENTION.count,
-        retention_age: float | None = _RETENTION.age,
-        retention_bytes: int | None = _RETENTION.bytes,
-        idle_expiry: float | None = _RETENTION.idle_expiry,
-        max_threads: int = _RETENTION.max_threads,
+        retention_count: int = DEFAULTS.count,
+        retention_age: float | None = DEFAULTS.age,
+        retention_bytes: int | None = DEFAULTS.bytes,
+        idle_expiry: float | None = DEFAULTS.idle_expiry,
+        max_threads: int = DEFAULTS.max_threads,
         max_turns: int = 20,
         batch: int = 512,
         checkpoint_every: int | None = None,
@@ -551,13 +549,8 @@ class RedisBroker:
         if retention_count < 2:
             raise ValueError("retention_count must be at least 2")
         self.prefix = prefix
-        self.retention_count = retention_count
-        self.retention_age = retention_age
-        #: Bytes of event JSON kept for replay per thread (the newest event always stays).
-        self.retention_bytes = retention_bytes
-        self.idle_expiry = idle_expiry
-        self.max_threads = max_threads
-        #: This replica's limits (the total is Redis's ``maxmemory``, not ours).
+        #: This replica's limits (the total is Redis's ``maxmemory``, not ours); byte
+        #: retention keeps the newest event of a thread whatever its size.
         self.retention = Retention(
             count=retention_count, age=retention_age, bytes=retention_bytes,
             total_bytes=None, idle_expiry=idle_expiry, max_threads=max_threads)
@@ -676,7 +669,7 @@ class RedisBroker:
             result = await self._append_script(keys=keys, args=args)
         if not result or result[0] is None:
             # The script says the limit in force, which may be another replica's.
-            limit = result[1] if result and len(result) > 1 else self.max_threads
+            limit = result[1] if result and len(result) > 1 else self.retention.max_threads
             raise TooManyThreads(f"the bridge holds {limit} threads")
         epoch, checkpoint, seqs = _text(result[0]) or "", int(result[1]), assigned_seqs(result)
         accepted = sum(1 for seq in seqs if seq)
@@ -1132,7 +1125,7 @@ class RedisBroker:
                     return
                 lo = _int(lo_raw, 1)
                 if log is None or epoch != watch.epoch:
-                    watch.replace(epoch, self.retention_count, lo)
+                    watch.replace(epoch, self.retention.count, lo)
                     watch.known = True
                     continue
                 entries = [(seq, fields) for seq, fields in
@@ -1141,7 +1134,7 @@ class RedisBroker:
                 if entries and entries[0][0] != log.next_seq:
                     # Events this replica never saw have left the stream: start over from
                     # what is held (its readers get a reset, never a silent gap).
-                    watch.replace(epoch, self.retention_count, lo)
+                    watch.replace(epoch, self.retention.count, lo)
                     continue
                 for seq, fields in entries:
                     log.append(_text(fields[b"t"]) or "", fields[b"d"])

@@ -7,7 +7,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from otel_events.retention import Retention
+from otel_events.retention import DEFAULTS
 
 __all__ = ["BROKER_ENV", "TOKEN_ENV", "BridgeSettings", "is_loopback"]
 
@@ -25,9 +25,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-_RETENTION = Retention()
 
 
 @dataclass(frozen=True)
@@ -49,16 +46,16 @@ class BridgeSettings:
     allowed_hosts: Sequence[str] | None = None
     max_body_bytes: int = 4 * 1024 * 1024
     #: Events kept per thread for replay, by count and by age (seconds).
-    retention_count: int = _RETENTION.count
-    retention_age: float | None = _RETENTION.age
+    retention_count: int = DEFAULTS.count
+    retention_age: float | None = DEFAULTS.age
     #: Bytes of event JSON kept for replay, per thread and over all threads together
     #: (``None``: no byte bound). A thread's own bound keeps at least its newest event;
     #: the total holds whatever the events (biggest threads trimmed first).
-    retention_bytes: int | None = _RETENTION.bytes
-    retention_total_bytes: int | None = _RETENTION.total_bytes
+    retention_bytes: int | None = DEFAULTS.bytes
+    retention_total_bytes: int | None = DEFAULTS.total_bytes
     #: A thread with no event and no reader for this long is forgotten.
-    idle_expiry: float | None = _RETENTION.idle_expiry
-    max_threads: int = _RETENTION.max_threads
+    idle_expiry: float | None = DEFAULTS.idle_expiry
+    max_threads: int = DEFAULTS.max_threads
     #: Where the page's "view trace" links go.
     tracing_ui_url: str = "http://127.0.0.1:16686/trace/{trace_id}"
     #: Seconds between heartbeat comments on an idle stream.
