@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from otel_events.log import Entry
-from otel_events.sinks import BatchingSink
+from otel_events.sinks import BatchingSink, fitting
 
 __all__ = ["HttpSink"]
 
@@ -93,7 +93,7 @@ class HttpSink(BatchingSink):
         while batch:
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 return False  # closing, out of time: the rest is counted as lost
-            count = self._fitting(batch)
+            count = fitting(batch, self.max_batch_bytes)
             body = b"".join(entry.json + b"\n" for entry in batch[:count])
             if posted:  # BatchingSink counted the first request of this call
                 self.requests += 1
@@ -121,18 +121,6 @@ class HttpSink(BatchingSink):
                 self._answered(count, status, response)
             del batch[:count]
         return True
-
-    def _fitting(self, batch: list[Entry]) -> int:
-        """How many events from the start of ``batch`` fit ``max_batch_bytes`` (one at
-        least: a single event larger than the limit is sent, for the bridge to judge)."""
-        if self.max_batch_bytes is None:
-            return len(batch)
-        size = 0
-        for index, entry in enumerate(batch):
-            size += len(entry.json) + 1
-            if size > self.max_batch_bytes and index > 0:
-                return index
-        return len(batch)
 
     def _learn_limit(self, response: httpx.Response, refused: int) -> None:
         """Lower ``max_batch_bytes`` below a refused body of ``refused`` bytes: to the

@@ -34,6 +34,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_restart_in_child)
 
 
+def fitting(entries: list[Entry], max_bytes: int | None) -> int:
+    """How many entries from the start fit ``max_bytes`` as NDJSON lines (one at least:
+    a single larger event is sent, for the destination to judge)."""
+    if max_bytes is None:
+        return len(entries)
+    size = 0
+    for index, entry in enumerate(entries):
+        size += len(entry.json) + 1
+        if size > max_bytes and index > 0:
+            return index
+    return len(entries)
+
+
 class Sink(Protocol):
     """Something that reads an emitter's events on its own (thread or task)."""
 
@@ -342,11 +355,8 @@ class BatchingSink:
         while gap is not None:  # lost while unreachable: counted, then go on
             cursor.skip(gap)
             entries, gap = cursor.read(limit=self.max_batch)
-        if self.max_batch_bytes is not None:
-            size = 0
-            for index, entry in enumerate(entries):
-                size += len(entry.json) + 1
-                if size > self.max_batch_bytes and index > 0:
-                    cursor.position = entry.seq  # the rest goes in the next batch
-                    return entries[:index]
+        count = fitting(entries, self.max_batch_bytes)
+        if count < len(entries):
+            cursor.position = entries[count].seq  # the rest goes in the next batch
+            return entries[:count]
         return entries
