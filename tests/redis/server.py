@@ -14,10 +14,15 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from otel_events.redis_sink import stream_keys
 from tests.ports import free_port
+
+if TYPE_CHECKING:
+    import redis
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -114,10 +119,10 @@ class RedisServer:
                 self.process.wait(10)
         self.process = None
 
-    def client(self) -> object:
+    def client(self) -> redis.Redis:
         import redis
 
-        return redis.Redis(port=self.port, password=self.password, socket_timeout=5.0)
+        return redis.Redis(port=self.port, password=self.password, socket_timeout=10.0)
 
 
 def run_server(tmp: Path, persist: bool = False) -> Iterator[RedisServer]:
@@ -139,3 +144,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A Redis of the test's own, persisted, for tests that kill, flush or restart it."""
     yield from run_server(tmp_path, persist=True)
+
+
+@pytest.fixture
+def scratch_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own, not persisted: for tests that fill it, demote it or
+    keep it busy (nothing here restarts it)."""
+    yield from run_server(tmp_path)
+
+
+def stream_seqs(client: redis.Redis, thread: str, prefix: str = "otel-events") -> list[int]:
+    """The seqs a thread's stream holds now, oldest first."""
+    entries = client.xrange(stream_keys(prefix, thread)[1])
+    return [int(stream_id.split(b"-")[0]) for stream_id, _ in entries]

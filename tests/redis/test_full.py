@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,21 +21,12 @@ from otel_events.bridge.redis import RedisBroker, RedisRefused
 from otel_events.redis_sink import APPEND_LUA, append_args, dedup_member, event_rest
 from otel_events.retention import Retention
 from tests.bridge_support import turn_events
-from tests.redis.server import RedisServer, run_server
+from tests.redis.server import RedisServer, stream_seqs
 from tests.test_broker_contract import lines
 
 #: Seconds an event is kept for replay: short, so the test's events age while it polls.
 AGE = 1.0
 PAD = "x" * 800  # about 1 KB an event: a few MB of events in a few hundred turns
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[RedisServer]:
-    yield from run_server(tmp_path)
-
-
-def admin(server: RedisServer) -> redis.Redis:
-    return redis.Redis(port=server.port, socket_timeout=10.0)
 
 
 def turn(name: str, seq0: int) -> list[dict[str, Any]]:
@@ -68,11 +57,6 @@ def meta(client: redis.Redis, thread: str) -> dict[str, int]:
     return dict(zip(("top", "lo", "ck"), (int(value) for value in raw), strict=True))
 
 
-def held_seqs(client: redis.Redis, thread: str) -> list[int]:
-    entries = client.xrange(f"otel-events:{{{thread}}}:s")
-    return [int(stream_id.split(b"-")[0]) for stream_id, _ in entries]
-
-
 def make_full(client: redis.Redis, empty: int) -> int:
     """``maxmemory`` under ``noeviction`` halfway between what Redis used ``empty`` and
     what it uses now: full, by far more than an idle client's buffers give back, and
@@ -87,7 +71,7 @@ def check_held(client: redis.Redis, thread: str) -> None:
     """The stream holds every seq from the checkpoint's next (or ``lo``) to the top: a
     reset's fold and a replay from ``lo`` find all they need."""
     marks = meta(client, thread)
-    seqs = held_seqs(client, thread)
+    seqs = stream_seqs(client, thread)
     first = seqs[0] if seqs else marks["top"] + 1
     assert seqs == list(range(first, marks["top"] + 1))
     assert first <= min(marks["lo"], marks["ck"] + 1)
@@ -121,13 +105,13 @@ async def sweep_until(broker: RedisBroker, done: Any, what: str,
 
 
 async def test_a_full_redis_frees_memory_by_age_and_takes_appends_again(
-        store: RedisServer) -> None:
+        scratch_redis: RedisServer) -> None:
     """One thread a replica appends (checkpointed as it goes), one a ``RedisSink``
     appends (never checkpointed): the latter's checkpoint, refused while Redis is full,
     must not keep the sweep from trimming the former."""
-    client = admin(store)
+    client = scratch_redis.client()
     empty = used(client)
-    broker = RedisBroker(store.url, retention_age=AGE, checkpoint_every=256)
+    broker = RedisBroker(scratch_redis.url, retention_age=AGE, checkpoint_every=256)
     try:
         seq = 1
         for n in range(300):
@@ -135,9 +119,9 @@ async def test_a_full_redis_frees_memory_by_age_and_takes_appends_again(
             if n < 50:
                 sink_append(client, "sunk", turn(f"s{n}", seq))
             seq += 8
-        before = {thread: await state_as_a_client_gets_it(store.url, thread)
+        before = {thread: await state_as_a_client_gets_it(scratch_redis.url, thread)
                   for thread in ("bridged", "sunk")}
-        held = {thread: len(held_seqs(client, thread)) for thread in before}
+        held = {thread: len(stream_seqs(client, thread)) for thread in before}
         limit = make_full(client, empty)
         with pytest.raises(RedisRefused, match="out of memory"):
             await broker.append("other", lines(turn("o", 1), "other"))
@@ -155,7 +139,7 @@ async def test_a_full_redis_frees_memory_by_age_and_takes_appends_again(
 
         async def trimmed() -> bool:
             return used(client) < limit and all(
-                meta(client, thread)["lo"] > 1 and len(held_seqs(client, thread)) < held[thread]
+                meta(client, thread)["lo"] > 1 and len(stream_seqs(client, thread)) < held[thread]
                 for thread in before)
 
         # Every thread's retention applies in the end (the checkpoint a RedisSink's thread
@@ -165,12 +149,12 @@ async def test_a_full_redis_frees_memory_by_age_and_takes_appends_again(
         for thread in before:
             # Age retention ran: the replay window moved on, and the stream followed it.
             assert meta(client, thread)["lo"] > 1
-            assert len(held_seqs(client, thread)) < held[thread]
+            assert len(stream_seqs(client, thread)) < held[thread]
             check_held(client, thread)
         # Nothing a reset needs was lost: the state is the fold of every event.
-        after = await state_as_a_client_gets_it(store.url, "sunk")
+        after = await state_as_a_client_gets_it(scratch_redis.url, "sunk")
         assert (after.seq, after.snapshot) == (before["sunk"].seq, before["sunk"].snapshot)
-        after = await state_as_a_client_gets_it(store.url, "bridged")
+        after = await state_as_a_client_gets_it(scratch_redis.url, "bridged")
         assert after.seq == before["bridged"].seq + 8
         assert after.snapshot != before["bridged"].snapshot  # the turn taken again
     finally:
@@ -179,20 +163,20 @@ async def test_a_full_redis_frees_memory_by_age_and_takes_appends_again(
 
 
 async def test_a_full_redis_takes_the_checkpoint_that_lets_it_trim_a_sinks_thread(
-        store: RedisServer) -> None:
+        scratch_redis: RedisServer) -> None:
     """Redis full of a thread only a ``RedisSink`` appends: its stream is kept from its
     checkpoint on (a reset folds from there), and it has none. The sweep's checkpoint
     frees far more than it costs, so Redis takes it even full, and the trim follows."""
-    client = admin(store)
+    client = scratch_redis.client()
     empty = used(client)
     seq = 1
     for n in range(300):
         sink_append(client, "sunk", turn(f"s{n}", seq))
         seq += 8
-    broker = RedisBroker(store.url, retention_age=AGE, checkpoint_every=256)
+    broker = RedisBroker(scratch_redis.url, retention_age=AGE, checkpoint_every=256)
     try:
-        before = await state_as_a_client_gets_it(store.url, "sunk")
-        held = len(held_seqs(client, "sunk"))
+        before = await state_as_a_client_gets_it(scratch_redis.url, "sunk")
+        held = len(stream_seqs(client, "sunk"))
         assert meta(client, "sunk")["ck"] == 0
         limit = make_full(client, empty)
         again = lines(turn("again", seq), "sunk")
@@ -201,12 +185,12 @@ async def test_a_full_redis_takes_the_checkpoint_that_lets_it_trim_a_sinks_threa
 
         async def freed() -> bool:
             return (meta(client, "sunk")["lo"] > 1
-                    and len(held_seqs(client, "sunk")) < held and used(client) < limit)
+                    and len(stream_seqs(client, "sunk")) < held and used(client) < limit)
 
         await sweep_until(broker, freed, "the thread trimmed by age, and room again")
         assert meta(client, "sunk")["ck"] == before.seq
         check_held(client, "sunk")
-        after = await state_as_a_client_gets_it(store.url, "sunk")
+        after = await state_as_a_client_gets_it(scratch_redis.url, "sunk")
         assert (after.seq, after.snapshot) == (before.seq, before.snapshot)
         appended = await broker.append("sunk", again)
         assert (appended.accepted, appended.duplicates) == (8, 0)

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import redis
 
 from otel_events import EventEmitter
@@ -25,21 +22,11 @@ from otel_events.bridge.redis import RedisBroker
 from otel_events.redis_sink import RedisSink
 from tests.bridge_support import Bridge, read_events, running_bridge, turn_events, wait_for
 from tests.conftest import Telemetry
-from tests.redis.server import RedisServer, free_port, run_server
+from tests.redis.server import RedisServer, free_port, stream_seqs
 from tests.test_broker_contract import lines
 from tests.test_http_sink import run_turn
 
 SECRET = "do-not-echo-this-text"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of the test's own (no persistence: nothing here restarts it)."""
-    yield from run_server(tmp_path)
-
-
-def admin(server: RedisServer) -> redis.Redis:
-    return redis.Redis(port=server.port, socket_timeout=10.0)
 
 
 def fill(client: redis.Redis) -> None:
@@ -68,11 +55,6 @@ def batch(turn: str) -> list[dict[str, Any]]:
     return events
 
 
-def stream_seqs(server: RedisServer, thread: str) -> list[int]:
-    entries = admin(server).xrange(f"otel-events:{{{thread}}}:s")
-    return [int(stream_id.split(b"-")[0]) for stream_id, _ in entries]
-
-
 def assert_refused(response: httpx.Response, words: str) -> None:
     assert response.status_code == 503, (response.status_code, response.text)
     assert response.headers.get("retry-after") == "1"
@@ -94,7 +76,7 @@ def check_refusal_and_recovery(bridge: Bridge, server: RedisServer, refuse: Any,
                                restore: Any, words: str) -> None:
     first, second = batch("t1"), batch("t2")
     assert bridge.post("th", first).status_code == 200
-    client = admin(server)
+    client = server.client()
     refuse(client)
     try:
         assert_refused(bridge.post("th", second), words)
@@ -109,34 +91,34 @@ def check_refusal_and_recovery(bridge: Bridge, server: RedisServer, refuse: Any,
     retried = bridge.post("th", second)
     assert retried.status_code == 200, retried.text
     assert (retried.json()["accepted"], retried.json()["duplicates"]) == (len(second), 0)
-    assert stream_seqs(server, "th") == list(range(1, len(first) + len(second) + 1))
+    assert stream_seqs(server.client(), "th") == list(range(1, len(first) + len(second) + 1))
     assert bridge.post("th", second).json()["duplicates"] == len(second)
 
 
 def test_redis_out_of_memory_answers_503_and_the_retry_is_accepted_once(
-        store: RedisServer) -> None:
-    with running_bridge(broker_url=store.url) as bridge:
-        check_refusal_and_recovery(bridge, store, fill, unfill, "out of memory")
+        scratch_redis: RedisServer) -> None:
+    with running_bridge(broker_url=scratch_redis.url) as bridge:
+        check_refusal_and_recovery(bridge, scratch_redis, fill, unfill, "out of memory")
 
 
 def test_redis_read_only_in_a_failover_answers_503_and_the_retry_is_accepted_once(
-        store: RedisServer) -> None:
-    with running_bridge(broker_url=store.url) as bridge:
-        check_refusal_and_recovery(bridge, store, demote, promote, "read-only replica")
+        scratch_redis: RedisServer) -> None:
+    with running_bridge(broker_url=scratch_redis.url) as bridge:
+        check_refusal_and_recovery(bridge, scratch_redis, demote, promote, "read-only replica")
 
 
-def test_redis_busy_with_a_script_answers_503_on_every_route(store: RedisServer) -> None:
-    client = admin(store)
+def test_redis_busy_with_a_script_answers_503_on_every_route(scratch_redis: RedisServer) -> None:
+    client = scratch_redis.client()
     # Redis answers BUSY to others once a script has run this long.
     client.config_set("busy-reply-threshold", "50")
-    with running_bridge(broker_url=store.url) as bridge:
+    with running_bridge(broker_url=scratch_redis.url) as bridge:
         assert bridge.post("th", batch("t1")).status_code == 200
         done = threading.Event()
 
         def long_script() -> None:
             # Its own connection: a script that spins on Redis's clock for 3 s (a
             # script sees no other client, so it cannot be told to end sooner).
-            blocker = redis.Redis(port=store.port, socket_timeout=30.0)
+            blocker = redis.Redis(port=scratch_redis.port, socket_timeout=30.0)
             try:
                 blocker.eval("local t = redis.call('TIME') "
                              "while true do local n = redis.call('TIME') "
@@ -173,14 +155,14 @@ def test_redis_busy_with_a_script_answers_503_on_every_route(store: RedisServer)
 
 
 async def test_an_open_stream_outlives_a_refusal_and_misses_nothing(
-        store: RedisServer) -> None:
-    with running_bridge(broker_url=store.url) as bridge:
+        scratch_redis: RedisServer) -> None:
+    with running_bridge(broker_url=scratch_redis.url) as bridge:
         first, second = batch("t1"), batch("t2")
         assert bridge.post("th", first).status_code == 200
         async with httpx.AsyncClient(base_url=bridge.url, timeout=30.0) as client:
             total = len(first) + len(second)
             reading = asyncio.create_task(read_events(client, "/v1/threads/th/events", total))
-            client_sync = admin(store)
+            client_sync = scratch_redis.client()
             await asyncio.to_thread(demote, client_sync)
             try:
                 refused = await asyncio.to_thread(bridge.post, "th", second)
@@ -194,9 +176,9 @@ async def test_an_open_stream_outlives_a_refusal_and_misses_nothing(
             list(range(1, total + 1))
 
 
-async def test_the_sweep_and_the_broker_absorb_refusals(store: RedisServer) -> None:
-    broker = RedisBroker(store.url)
-    client = admin(store)
+async def test_the_sweep_and_the_broker_absorb_refusals(scratch_redis: RedisServer) -> None:
+    broker = RedisBroker(scratch_redis.url)
+    client = scratch_redis.client()
     try:
         await broker.append("th", lines(batch("t1")))
         reader = broker.reader("th", None)
@@ -217,10 +199,10 @@ async def test_the_sweep_and_the_broker_absorb_refusals(store: RedisServer) -> N
 
 
 async def test_redis_sink_keeps_and_retries_a_batch_redis_refuses(
-        store: RedisServer, telemetry: Telemetry) -> None:
-    client = admin(store)
+        scratch_redis: RedisServer, telemetry: Telemetry) -> None:
+    client = scratch_redis.client()
     fill(client)
-    sink = RedisSink(store.url, backoff=0.02, max_backoff=0.1)
+    sink = RedisSink(scratch_redis.url, backoff=0.02, max_backoff=0.1)
     emitter = EventEmitter("agent", tracer_provider=telemetry.tracer_provider,
                            meter_provider=telemetry.meter_provider, sinks=[sink])
     try:
@@ -233,7 +215,7 @@ async def test_redis_sink_keeps_and_retries_a_batch_redis_refuses(
     published = emitter.log.next_seq - 1
     emitter.close(timeout=10.0)
     assert (sink.sent, sink.dropped) == (published, 0)
-    assert stream_seqs(store, "agent") == list(range(1, published + 1))
+    assert stream_seqs(scratch_redis.client(), "agent") == list(range(1, published + 1))
 
 
 def test_a_refusal_is_named_by_its_code_and_its_text_never_repeated() -> None:
